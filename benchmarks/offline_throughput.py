@@ -1,0 +1,139 @@
+"""Offline throughput: the same workload through Tachyon and HF transformers `generate` in one run.
+
+Workload (issue #2): 64 prompts of 32-256 tokens, 128 output tokens each, ignore_eos, greedy.
+HF runs static batches with left padding. Prints output tokens/s for both, the ratio, and how
+often the two agree on greedy tokens (a rate: bf16 on GPU is not bit-exact).
+
+    python benchmarks/offline_throughput.py [--model PATH] [--hf-batch-size 64] [--dtype auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import time
+
+import torch
+
+
+def make_prompts(tokenizer, num: int, min_len: int, max_len: int, seed: int) -> list[list[int]]:
+    """Slices of real English text (cycled) with uniformly drawn token lengths."""
+    text = open(os.path.join(os.path.dirname(__file__), "..", "tests", "data", "prompts.py")).read()
+    pool = tokenizer.encode(text, add_special_tokens=False) * 4
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(num):
+        n = rng.randint(min_len, max_len)
+        start = rng.randrange(0, len(pool) - n)
+        prompts.append(pool[start : start + n])
+    return prompts
+
+
+def run_tachyon(args, prompts):
+    from tachyon import LLM, SamplingParams
+
+    llm = LLM(args.model, dtype=args.dtype, max_num_seqs=args.num_prompts)
+    params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
+    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4))  # warm-up
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=True)
+    elapsed = time.perf_counter() - start
+    return [o.outputs[0].token_ids for o in outs], elapsed, llm
+
+
+def run_hf(args, prompts, llm):
+    from transformers import AutoModelForCausalLM
+
+    from tachyon.models.loader import load_model_source
+
+    source = load_model_source(args.model)
+    dtype = llm.engine.runner.dtype
+    device = llm.engine.runner.device
+    del llm  # free the engine before loading the second model
+    if source.path.endswith(".gguf"):
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(source.path), gguf_file=os.path.basename(source.path), dtype=dtype
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
+    model = model.to(device).eval()
+    pad = source.tokenizer.pad_token_id if source.tokenizer.pad_token_id is not None else 0
+    outputs: list[list[int]] = []
+    start = time.perf_counter()
+    for i in range(0, len(prompts), args.hf_batch_size):
+        batch = prompts[i : i + args.hf_batch_size]
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=args.output_len,
+                min_new_tokens=args.output_len,
+                do_sample=False,
+                pad_token_id=pad,
+            )
+        outputs += gen[:, width:].tolist()
+        print(f"  HF batch {i // args.hf_batch_size + 1}: {len(outputs)}/{len(prompts)} done", flush=True)
+    return outputs, time.perf_counter() - start
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> tuple[float, float]:
+    """(fraction of identical sequences, mean fraction of tokens before the first divergence)."""
+    same, prefix = 0, 0.0
+    for x, y in zip(a, b):
+        same += x == y
+        n = next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
+        prefix += n / max(len(x), 1)
+    return same / len(a), prefix / len(a)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model path or id (default: the embedded SmolLM2-135M)")
+    parser.add_argument("--dtype", default="auto", help="engine dtype; HF runs the same")
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--min-input", type=int, default=32)
+    parser.add_argument("--max-input", type=int, default=256)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--hf-batch-size", type=int, default=64, help="HF static batch size (left padded)")
+    parser.add_argument("--skip-hf", action="store_true", help="only run Tachyon")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from tachyon.models.loader import load_model_source
+
+    tokenizer = load_model_source(args.model).tokenizer
+    prompts = make_prompts(tokenizer, args.num_prompts, args.min_input, args.max_input, args.seed)
+    num_out = args.num_prompts * args.output_len
+    ours, t_ours, llm = run_tachyon(args, prompts)
+    device = llm.engine.runner.device
+    hw = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or 'cpu'} x{os.cpu_count()} cores"
+    )
+    print(
+        f"\nmachine: {hw}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+        f"dtype {llm.engine.runner.dtype}"
+    )
+    print(
+        f"workload: {args.num_prompts} prompts of {args.min_input}-{args.max_input} tokens, {args.output_len} out each"
+    )
+    print(f"tachyon: {num_out / t_ours:8.1f} output tok/s  ({t_ours:.1f} s)")
+    if args.skip_hf:
+        return
+    theirs, t_hf = run_hf(args, prompts, llm)
+    print(f"hf:      {num_out / t_hf:8.1f} output tok/s  ({t_hf:.1f} s, static batches of {args.hf_batch_size})")
+    print(f"ratio:   {t_hf / t_ours:.2f}x")
+    seq_rate, prefix_rate = agreement(ours, theirs)
+    print(
+        f"greedy agreement: {seq_rate:.1%} of sequences identical; {prefix_rate:.1%} of tokens before first divergence"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""Paged KV-cache block accounting with automatic prefix caching. Called by the scheduler only.
+
+Every request owns a list of block ids. A block that becomes full of computed tokens gets a
+hash chained from its parent's (parent hash, token ids, salt) and is registered in the prefix
+cache; a later request whose prompt starts with the same tokens reuses it (ref count + 1).
+Freed blocks go to the tail of an LRU free queue but keep their hash, so they can still be hit
+until they are evicted from the queue's head for new data:
+
+    free queue:  head [evict first ... most recently freed] tail
+    a request frees its blocks tail-first, so its prefix outlives its suffix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from tachyon.engine.request import Request
+
+
+@dataclass
+class Block:
+    block_id: int
+    ref_count: int = 0
+    block_hash: int | None = None
+
+
+@dataclass
+class PrefixCacheStats:
+    queries: int = 0  # prompt tokens looked up
+    hits: int = 0  # prompt tokens found
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+
+def hash_block(parent_hash: int | None, token_ids: tuple[int, ...], salt: str | None) -> int:
+    """Stable across processes (no per-process string hash salt), so KV can move between instances."""
+    digest = hashlib.blake2b(repr((parent_hash, token_ids, salt)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free_queue: OrderedDict[int, Block] = OrderedDict((b.block_id, b) for b in self.blocks)
+        self.cached: dict[int, Block] = {}  # block hash -> block holding that content
+        self.stats = PrefixCacheStats()
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_queue)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.num_free_blocks / self.num_blocks
+
+    def update_block_hashes(self, req: Request) -> None:
+        """Extend the request's hash chain over every full block of its tokens."""
+        bs = self.block_size
+        for i in range(len(req.block_hashes), req.num_tokens // bs):
+            parent = req.block_hashes[-1] if req.block_hashes else None
+            req.block_hashes.append(hash_block(parent, tuple(req.all_token_ids[i * bs : (i + 1) * bs]), req.cache_salt))
+
+    def find_cached_prefix(self, req: Request) -> list[Block]:
+        """Leading blocks of `req` already in the cache. The last token is always recomputed, so
+        that the step has a token whose logits it can sample from."""
+        if not self.enable_prefix_caching or req.wants_prompt_logprobs:
+            return []
+        self.update_block_hashes(req)
+        max_blocks = (req.num_tokens - 1) // self.block_size
+        hits = []
+        for block_hash in req.block_hashes[:max_blocks]:
+            block = self.cached.get(block_hash)
+            if block is None:
+                break
+            hits.append(block)
+        return hits
+
+    def record_lookup(self, num_queried: int, num_hit: int) -> None:
+        self.stats.queries += num_queried
+        self.stats.hits += num_hit
+
+    def can_fit(self, req: Request, num_new_tokens: int, cached_prefix: list[Block] = ()) -> bool:
+        need = self._num_new_blocks(req, num_new_tokens, cached_prefix)
+        return need + sum(b.ref_count == 0 for b in cached_prefix) <= self.num_free_blocks
+
+    def allocate_slots(self, req: Request, num_new_tokens: int, cached_prefix: list[Block] = ()) -> bool:
+        """Give `req` blocks for `num_new_tokens` more tokens after its computed ones (and after a
+        cached prefix it is about to adopt). False, changing nothing, if the pool cannot."""
+        if not self.can_fit(req, num_new_tokens, cached_prefix):
+            return False
+        need = self._num_new_blocks(req, num_new_tokens, cached_prefix)
+        for block in cached_prefix:
+            if block.ref_count == 0:
+                del self.free_queue[block.block_id]
+            block.ref_count += 1
+            req.block_ids.append(block.block_id)
+        req.num_cached_blocks += len(cached_prefix)
+        for _ in range(need):
+            req.block_ids.append(self._pop_free_block().block_id)
+        return True
+
+    def _num_new_blocks(self, req: Request, num_new_tokens: int, cached_prefix) -> int:
+        num_tokens = req.num_computed_tokens + len(cached_prefix) * self.block_size + num_new_tokens
+        return max(0, -(-num_tokens // self.block_size) - len(req.block_ids) - len(cached_prefix))
+
+    def _pop_free_block(self) -> Block:
+        _, block = self.free_queue.popitem(last=False)
+        if block.block_hash is not None:
+            if self.cached.get(block.block_hash) is block:
+                del self.cached[block.block_hash]
+            block.block_hash = None
+        block.ref_count = 1
+        return block
+
+    def cache_full_blocks(self, req: Request) -> None:
+        """Register the request's newly completed blocks (after the step that computed them)."""
+        if not self.enable_prefix_caching:
+            return
+        num_full = min(req.num_computed_tokens // self.block_size, len(req.block_ids))
+        if num_full <= req.num_cached_blocks:
+            return
+        self.update_block_hashes(req)
+        for i in range(req.num_cached_blocks, num_full):
+            block, block_hash = self.blocks[req.block_ids[i]], req.block_hashes[i]
+            if block.block_hash is None and block_hash not in self.cached:
+                block.block_hash = block_hash
+                self.cached[block_hash] = block
+        req.num_cached_blocks = num_full
+
+    def free(self, req: Request) -> None:
+        """Return the request's blocks; cached ones stay findable until evicted."""
+        for block_id in reversed(req.block_ids):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free_queue[block_id] = block
+        req.block_ids = []
+        req.num_cached_blocks = 0
+
+    def reset_prefix_cache(self) -> None:
+        for block in self.blocks:
+            block.block_hash = None
+        self.cached.clear()

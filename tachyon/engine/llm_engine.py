@@ -1,0 +1,290 @@
+"""The synchronous engine: admits requests, runs scheduler -> model runner -> output processing
+once per `step()`, and reports what each request produced. The offline `LLM` API drives it in
+a loop; the async engine drives it from a background thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from tachyon.config import EngineConfig
+from tachyon.engine.detokenizer import IncrementalDetokenizer
+from tachyon.engine.kv_cache_manager import KVCacheManager
+from tachyon.engine.model_runner import ModelRunner, ModelRunnerOutput
+from tachyon.engine.outputs import CompletionOutput, PositionLogprobs, RequestOutput
+from tachyon.engine.request import Request, RequestStatus
+from tachyon.engine.scheduler import Scheduler, SchedulerConfig
+from tachyon.models.loader import load_model_source
+from tachyon.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """Engine-side state of one of a request's n samples."""
+
+    req: Request
+    detok: IncrementalDetokenizer
+    logprobs: list[PositionLogprobs] | None
+    first_token_time: float | None = None
+
+
+@dataclass(eq=False)
+class _RequestState:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seqs: list[_Sequence]
+    prompt_logprobs: list[PositionLogprobs | None] | None
+    arrival_time: float = field(default_factory=time.monotonic)
+
+    @property
+    def finished(self) -> bool:
+        return all(s.req.status.is_finished for s in self.seqs)
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_free_blocks: int
+    num_blocks: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.source = load_model_source(config.model, tokenizer=config.tokenizer)
+        self.tokenizer = self.source.tokenizer
+        device = config.resolve_device()
+        dtype = config.resolve_dtype(self.source.hf_config, device)
+        self.max_model_len = config.max_model_len or self.source.hf_config.max_position_embeddings
+        self.runner = ModelRunner(config, self.source, device, dtype)
+        num_blocks = self.runner.kv_budget_bytes() // self.runner.kv_bytes_per_block
+        if num_blocks < 1:
+            raise ValueError("the KV cache budget holds not even one block; raise --kv-cache-memory")
+        self.runner.allocate_kv_cache(num_blocks)
+        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                config.max_num_seqs,
+                config.max_num_batched_tokens,
+                self.max_model_len,
+                config.scheduling_policy,
+            ),
+            self.kv,
+        )
+        num_tokens = num_blocks * config.block_size
+        logger.info(
+            "KV cache: %d blocks = %d tokens; max concurrency %.2f at max_model_len %d",
+            num_blocks,
+            num_tokens,
+            num_tokens / self.max_model_len,
+            self.max_model_len,
+        )
+        self.eos_token_ids = frozenset(self.source.eos_token_ids)
+        self._states: dict[str, _RequestState] = {}
+        self._seq_of: dict[str, tuple[_RequestState, _Sequence]] = {}
+        self._seed_rng = torch.Generator().manual_seed(config.seed)
+        self._ids = itertools.count()
+
+    # ---- admission ---------------------------------------------------------------------------
+    def add_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+    ) -> str:
+        """Validate and queue a request; raises ValueError (and queues nothing) on bad input."""
+        return self.submit(self.prepare_request(prompt, params, request_id, priority))
+
+    def prepare_request(
+        self,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+    ) -> _RequestState:
+        """Tokenize and validate without touching the engine's queues, so another thread may call it
+        while the engine steps; `submit` then queues the result."""
+        params = params or SamplingParams()
+        request_id = request_id if request_id is not None else str(next(self._ids))
+        if request_id in self._states:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text, token_ids = self._tokenize(prompt)
+        self._check_prompt(token_ids, params)
+        seqs = [self._new_sequence(request_id, i, token_ids, params, priority) for i in range(params.n)]
+        wants_prompt_lp = params.prompt_logprobs is not None
+        return _RequestState(request_id, text, token_ids, params, seqs, [None] if wants_prompt_lp else None)
+
+    def submit(self, state: _RequestState) -> str:
+        if state.request_id in self._states:
+            raise ValueError(f"request id {state.request_id!r} is already in use")
+        self._states[state.request_id] = state
+        for seq in state.seqs:
+            self._seq_of[seq.req.request_id] = (state, seq)
+            self.scheduler.add_request(seq.req)
+        return state.request_id
+
+    def _tokenize(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            return prompt, self.tokenizer.encode(prompt, add_special_tokens=True)
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            raise ValueError("prompt must be a string or a list of integer token ids")
+        return None, list(prompt)
+
+    def _check_prompt(self, token_ids: list[int], params: SamplingParams) -> None:
+        if not token_ids:
+            raise ValueError("prompt is empty")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt has {len(token_ids)} tokens, but max_model_len is {self.max_model_len} "
+                "(the prompt must leave room for at least one output token)"
+            )
+        bad = [t for t in token_ids if not 0 <= t < self.runner.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.runner.vocab_size})")
+        if -(-len(token_ids) // self.kv.block_size) > self.kv.num_blocks:
+            raise ValueError(
+                f"prompt of {len(token_ids)} tokens does not fit in the whole KV cache "
+                f"({self.kv.num_blocks * self.kv.block_size} tokens); raise --kv-cache-memory"
+            )
+
+    def _new_sequence(self, request_id, index, token_ids, params, priority) -> _Sequence:
+        seed = params.seed + index if params.seed is not None else None
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=self._seed_rng))
+        req = Request(
+            request_id=request_id if params.n == 1 else f"{request_id}#{index}",
+            prompt_token_ids=token_ids,
+            params=params,
+            eos_token_ids=self.eos_token_ids,
+            max_model_len=self.max_model_len,
+            generator=torch.Generator(device=self.runner.device).manual_seed(seed),
+            priority=priority,
+            parent_id=request_id if params.n > 1 else None,
+        )
+        logprobs = [] if params.logprobs is not None else None
+        return _Sequence(req, IncrementalDetokenizer(self.tokenizer, token_ids, params), logprobs)
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its blocks; False if it is unknown or already finished."""
+        state = self._states.pop(request_id, None)
+        if state is None:
+            return False
+        for seq in state.seqs:
+            self._seq_of.pop(seq.req.request_id, None)
+            if not seq.req.status.is_finished:
+                self.scheduler.finish(seq.req, RequestStatus.FINISHED_ABORTED)
+        return True
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if not sched.scheduled:
+            return self._drop_unschedulable()
+        result = self.runner.execute(sched)
+        self.scheduler.update_after_step(sched)
+        touched = self._process(sched, result)
+        return [self._make_output(state) for state in touched]
+
+    def _drop_unschedulable(self) -> list[RequestOutput]:
+        """Nothing runs yet the queue head cannot fit in the empty pool: it outgrew the KV cache."""
+        if self.scheduler.running or not self.scheduler.waiting:
+            return []
+        req = self.scheduler.waiting[0]
+        logger.warning("request %s needs more KV blocks than the whole cache holds; finishing it", req.request_id)
+        self.scheduler.finish(req, RequestStatus.FINISHED_LENGTH)
+        state, _ = self._seq_of[req.request_id]
+        return [self._make_output(state)] if state.finished else []
+
+    def _process(self, sched, result: ModelRunnerOutput) -> list[_RequestState]:
+        touched: dict[str, _RequestState] = {}
+        now = time.monotonic()
+        for s in sched.scheduled:
+            state, seq = self._seq_of[s.request.request_id]
+            chunk_lp = result.prompt_logprobs.get(s.request.request_id)
+            if chunk_lp is not None and seq is state.seqs[0]:
+                self._add_prompt_logprobs(state, *chunk_lp)
+            token = result.sampled.get(s.request.request_id)
+            if token is not None:
+                self._append_token(seq, token, result.logprobs.get(s.request.request_id), now)
+            touched[state.request_id] = state
+        return list(touched.values())
+
+    def _add_prompt_logprobs(self, state: _RequestState, first_pos: int, chunk: list[PositionLogprobs]) -> None:
+        """`chunk` scores prompt tokens first_pos+1...; a preempted request recomputes, so skip seen ones."""
+        state.prompt_logprobs.extend(chunk[len(state.prompt_logprobs) - (first_pos + 1) :])
+
+    def _append_token(self, seq: _Sequence, token: int, logprobs, now: float) -> None:
+        req = seq.req
+        req.append_token(token)
+        seq.first_token_time = seq.first_token_time or now
+        if seq.logprobs is not None:
+            seq.logprobs.append(logprobs)
+        status = req.check_stop()
+        stopped_by_token = status == RequestStatus.FINISHED_STOPPED
+        if not stopped_by_token and seq.detok.add_token(token):
+            status = RequestStatus.FINISHED_STOPPED
+            req.stop_reason = seq.detok.matched_stop
+        if status is not None:
+            self.scheduler.finish(req, status)
+
+    def _make_output(self, state: _RequestState) -> RequestOutput:
+        finished = state.finished
+        outputs = []
+        for i, seq in enumerate(state.seqs):
+            req = seq.req
+            done = req.status.is_finished
+            outputs.append(
+                CompletionOutput(
+                    index=i,
+                    text=seq.detok.output_text,
+                    delta_text=seq.detok.take_delta(finished=done),
+                    token_ids=req.output_token_ids,
+                    logprobs=seq.logprobs,
+                    finish_reason=req.status.value if done else None,
+                    stop_reason=req.stop_reason,
+                )
+            )
+        if finished:
+            self._states.pop(state.request_id, None)
+            for seq in state.seqs:
+                self._seq_of.pop(seq.req.request_id, None)
+        first = state.seqs[0].req
+        return RequestOutput(
+            request_id=state.request_id,
+            prompt=state.prompt,
+            prompt_token_ids=state.prompt_token_ids,
+            prompt_logprobs=state.prompt_logprobs,
+            outputs=outputs,
+            finished=finished,
+            num_cached_tokens=first.num_cached_prompt_tokens,
+        )
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=self.kv.usage,
+            num_free_blocks=self.kv.num_free_blocks,
+            num_blocks=self.kv.num_blocks,
+            prefix_cache_queries=self.kv.stats.queries,
+            prefix_cache_hits=self.kv.stats.hits,
+            num_preemptions=self.scheduler.num_preemptions,
+        )

@@ -1,0 +1,194 @@
+"""Runs one scheduled step on the device: builds the flat token batch and its attention metadata,
+calls the model, computes logits only for rows that need them, and samples.
+
+Owned by the engine; also sizes and allocates the paged KV pool at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from tachyon.config import EngineConfig
+from tachyon.engine.outputs import PositionLogprobs
+from tachyon.engine.sampler import Sampler, SamplingMetadata, prompt_logprobs
+from tachyon.engine.scheduler import ScheduledRequest, SchedulerOutput
+from tachyon.layers.attention.backend import create_attention_backend
+from tachyon.layers.attention.layer import PagedAttention
+from tachyon.layers.attention.metadata import AttentionMetadata
+from tachyon.models.registry import create_model
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CPU_KV_CACHE_BYTES = 2 << 30
+
+
+@dataclass
+class ModelRunnerOutput:
+    sampled: dict[str, int] = field(default_factory=dict)  # request id -> new token
+    logprobs: dict[str, PositionLogprobs] = field(default_factory=dict)
+    # request id -> (first position, logprobs of the prompt tokens after positions first, first + 1, ...)
+    prompt_logprobs: dict[str, tuple[int, list[PositionLogprobs]]] = field(default_factory=dict)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, source, device: torch.device, dtype: torch.dtype) -> None:
+        self.config, self.device, self.dtype = config, device, dtype
+        self.block_size = config.block_size
+        self.model = create_model(source, dtype, device)
+        self.vocab_size = source.hf_config.vocab_size
+        self.attn_layers = [m for m in self.model.modules() if isinstance(m, PagedAttention)]
+        self.backend = create_attention_backend(config.attention_backend, device)
+        logger.info("Attention backend: %s", self.backend.name)
+        for layer in self.attn_layers:
+            layer.backend = self.backend
+        self.sampler = Sampler()
+        self.kv_caches: list[torch.Tensor] = []
+
+    # ---- KV pool -------------------------------------------------------------------------------
+    @property
+    def kv_bytes_per_block(self) -> int:
+        a = self.attn_layers[0]
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * len(self.attn_layers) * self.block_size * a.num_kv_heads * a.head_dim * elem
+
+    def kv_budget_bytes(self) -> int:
+        if self.device.type == "cpu":
+            return self.config.kv_cache_memory or DEFAULT_CPU_KV_CACHE_BYTES
+        if self.config.kv_cache_memory:
+            return self.config.kv_cache_memory
+        return self._profile_free_gpu_memory()
+
+    def _profile_free_gpu_memory(self) -> int:
+        """Run the largest step once with a throwaway cache; what it peaked at stays reserved."""
+        num_tokens = self.config.max_num_batched_tokens
+        self.allocate_kv_cache(-(-num_tokens // self.block_size))
+        torch.cuda.reset_peak_memory_stats(self.device)
+        ids = list(range(num_tokens))
+        self._forward(
+            torch.zeros(num_tokens, dtype=torch.long, device=self.device),
+            ids,
+            [num_tokens],
+            [num_tokens],
+            [list(range(-(-num_tokens // self.block_size)))],
+            [num_tokens - 1],
+        )
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        self.kv_caches = []
+        for layer in self.attn_layers:
+            layer.kv_cache = None
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(self.device)
+        in_use_elsewhere = total - free - torch.cuda.memory_reserved(self.device)
+        budget = int(total * self.config.gpu_memory_utilization) - peak - in_use_elsewhere
+        logger.info(
+            "GPU memory: total %.1f GiB, model+activations peak %.2f GiB, KV budget %.2f GiB",
+            total / 2**30,
+            peak / 2**30,
+            budget / 2**30,
+        )
+        if budget <= 0:
+            raise RuntimeError(
+                "no GPU memory left for the KV cache; raise --gpu-memory-utilization or lower --max-num-batched-tokens"
+            )
+        return budget
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        a = self.attn_layers[0]
+        shape = (2, num_blocks, self.block_size, a.num_kv_heads, a.head_dim)
+        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.attn_layers]
+        for layer, cache in zip(self.attn_layers, self.kv_caches):
+            layer.kv_cache = cache
+
+    # ---- one step ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        token_ids, positions, query_lens, seq_lens, tables = [], [], [], [], []
+        sample_rows: list[int] = []  # flat row of the last token of each request that samples
+        prompt_rows: list[tuple[ScheduledRequest, int, int]] = []  # (request, first row, num rows)
+        row = 0
+        for s in sched.scheduled:
+            req, start = s.request, s.request.num_computed_tokens
+            end = start + s.num_new_tokens
+            token_ids += req.all_token_ids[start:end]
+            positions += range(start, end)
+            query_lens.append(s.num_new_tokens)
+            seq_lens.append(end)
+            tables.append(req.block_ids)
+            if req.wants_prompt_logprobs and start < req.num_prompt_tokens:
+                prompt_rows.append((s, row, min(end, req.num_prompt_tokens - 1) - start))
+            row += s.num_new_tokens
+            if s.completes_sequence:
+                sample_rows.append(row - 1)
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        hidden = self._forward(ids, positions, query_lens, seq_lens, tables, sample_rows)
+        return self._sample(sched, hidden, sample_rows, prompt_rows)
+
+    def _forward(self, ids, positions, query_lens, seq_lens, tables, sample_rows) -> torch.Tensor:
+        bs = self.block_size
+        slots = [
+            tables[b][p // bs] * bs + p % bs
+            for b, (q, s) in enumerate(zip(query_lens, seq_lens))
+            for p in range(s - q, s)
+        ]
+        width = max(len(t) for t in tables)
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            query_start_loc=torch.tensor([0, *_cumsum(query_lens)], dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=dev),
+            query_lens_cpu=query_lens,
+            seq_lens_cpu=seq_lens,
+            block_size=bs,
+        )
+        return self.model(ids, torch.tensor(positions, dtype=torch.long, device=dev), meta)
+
+    def _sample(self, sched, hidden, sample_rows, prompt_rows) -> ModelRunnerOutput:
+        out = ModelRunnerOutput()
+        for s, first, num in prompt_rows:
+            req, start = s.request, s.request.num_computed_tokens
+            if num <= 0:
+                continue
+            logits = self.model.compute_logits(hidden[first : first + num])
+            targets = torch.tensor(req.all_token_ids[start + 1 : start + 1 + num], device=self.device)
+            out.prompt_logprobs[req.request_id] = (
+                start,
+                prompt_logprobs(logits, targets, req.params.prompt_logprobs),
+            )
+        if not sample_rows:
+            return out
+        reqs = [s.request for s in sched.scheduled if s.completes_sequence]
+        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])  # [B, V]
+        meta = SamplingMetadata.build(
+            params=[r.params for r in reqs],
+            generators=[r.generator for r in reqs],
+            prompt_token_ids=[r.prompt_token_ids for r in reqs],
+            output_token_ids=[r.output_token_ids for r in reqs],
+            stop_token_ids=[_stop_ids(r) for r in reqs],
+            vocab_size=self.vocab_size,
+            device=self.device,
+        )
+        result = self.sampler(logits, meta)
+        for req, token, lp in zip(reqs, result.token_ids, result.logprobs):
+            out.sampled[req.request_id] = token
+            if lp is not None:
+                out.logprobs[req.request_id] = lp
+        return out
+
+
+def _cumsum(values: list[int]) -> list[int]:
+    total, out = 0, []
+    for v in values:
+        total += v
+        out.append(total)
+    return out
+
+
+def _stop_ids(req) -> set[int]:
+    """Tokens that min_tokens must hold back: eos (unless ignored) and the request's stop ids."""
+    eos = set() if req.params.ignore_eos else set(req.eos_token_ids)
+    return eos | set(req.params.stop_token_ids)

@@ -1,0 +1,83 @@
+"""Command-line flags for the engine, in vLLM's spelling, shared by `tachyon generate` and `tachyon serve`."""
+
+from __future__ import annotations
+
+import argparse
+
+from tachyon.config import EngineConfig
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine")
+    g.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="HF folder, .gguf file or hub id (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    g.add_argument("--tokenizer", default=None, help="tokenizer folder or hub id, if not the model's own")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        help="auto (fp32 on CPU, the checkpoint's bf16/fp16 on GPU), float32, bfloat16 or float16",
+    )
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    g.add_argument(
+        "--max-model-len",
+        type=int,
+        default=None,
+        help="longest prompt + output in tokens (default: the model's context length)",
+    )
+    g.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
+    g.add_argument("--max-num-seqs", type=int, default=256, help="most sequences in one step")
+    g.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=2048,
+        help="token budget of one step; longer prompts are prefilled in chunks",
+    )
+    g.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reuse KV blocks of identical prompt prefixes",
+    )
+    g.add_argument(
+        "--kv-cache-memory",
+        type=int,
+        default=None,
+        help="bytes for the KV cache (CPU default 2 GiB; on GPU overrides --gpu-memory-utilization)",
+    )
+    g.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=0.9,
+        help="fraction of GPU memory for weights, activations and the KV cache",
+    )
+    g.add_argument("--attention-backend", default="auto", help="auto, torch or triton")
+    g.add_argument(
+        "--scheduling-policy",
+        default="fcfs",
+        choices=["fcfs", "priority"],
+        help="order of waiting requests; priority: lower value first, newest preempted first",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed for requests that do not give their own")
+
+
+def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
+    return EngineConfig(
+        model=args.model,
+        tokenizer=args.tokenizer,
+        dtype=args.dtype,
+        device=args.device,
+        max_model_len=args.max_model_len,
+        block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        enable_prefix_caching=args.enable_prefix_caching,
+        kv_cache_memory=args.kv_cache_memory,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        attention_backend=args.attention_backend,
+        scheduling_policy=args.scheduling_policy,
+        seed=args.seed,
+    )

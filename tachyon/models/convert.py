@@ -1,0 +1,116 @@
+"""Writes a GGUF model (or any ModelSource) as a normal Hugging Face folder: config.json, safetensors,
+tokenizer files with the chat template, generation_config.json, loadable by transformers and tachyon.
+The `tachyon convert` command calls `convert_gguf`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sized
+
+import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from tachyon.models.loader import ModelLoadError, ModelSource, load_model_source
+
+DEFAULT_MAX_SHARD_BYTES = 4 << 30
+
+
+def convert_gguf(
+    gguf_file: str, out_dir: str, *, overwrite: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+) -> str:
+    """Convert `gguf_file` into the HF folder `out_dir` (float32 weights) and return its absolute path."""
+    _check_target(os.path.abspath(out_dir), overwrite)
+    if not os.path.isfile(gguf_file):
+        raise ModelLoadError(f"{gguf_file}: no such GGUF file")
+    return save_model_source(
+        load_model_source(gguf_file), out_dir, overwrite=overwrite, max_shard_bytes=max_shard_bytes
+    )
+
+
+def save_model_source(
+    source: ModelSource,
+    out_dir: str,
+    *,
+    overwrite: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> str:
+    """Write `source` as an HF folder and return its absolute path. Everything goes into a temporary
+    sibling folder that replaces `out_dir` only at the end, so an interrupted run leaves no half-written
+    model folder. Weights over `max_shard_bytes` are split into indexed shards."""
+    out_dir = os.path.abspath(out_dir)
+    _check_target(out_dir, overwrite)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.partial-", dir=parent)
+    try:
+        os.chmod(partial, 0o755)  # mkdtemp makes it owner-only
+        source.hf_config.save_pretrained(partial)
+        source.tokenizer.save_pretrained(partial)
+        GenerationConfig(**source.generation_config).save_pretrained(partial)
+        total = len(source.weights) if isinstance(source.weights, Sized) else None
+        progress = tqdm(source.iter_weights(), total=total, desc=f"writing {os.path.basename(out_dir)}")
+        write_safetensors(progress, partial, max_shard_bytes)
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(partial, out_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # still there only if something failed
+    return out_dir
+
+
+def _check_target(out_dir: str, overwrite: bool) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ModelLoadError(f"{out_dir}: exists and is not a folder")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise ModelLoadError(
+            f"{out_dir}: folder exists and is not empty; pass overwrite=True (--overwrite) to replace it"
+        )
+
+
+def write_safetensors(weights: Iterable[tuple[str, torch.Tensor]], folder: str, max_shard_bytes: int) -> None:
+    """Stream tensors into shards of at most `max_shard_bytes` (a larger single tensor gets a shard of its
+    own), so memory stays bounded: `model.safetensors` when one shard holds everything, otherwise
+    `model-0000k-of-0000n.safetensors` and `model.safetensors.index.json`."""
+    shards: list[list[str]] = []  # tensor names of each written shard
+    shard: dict[str, torch.Tensor] = {}
+    shard_bytes = total_bytes = 0
+    for name, tensor in weights:
+        nbytes = tensor.numel() * tensor.element_size()
+        if shard and shard_bytes + nbytes > max_shard_bytes:
+            shards.append(_save_part(shard, folder, len(shards)))
+            shard, shard_bytes = {}, 0
+        shard[name] = tensor
+        shard_bytes += nbytes
+        total_bytes += nbytes
+    shards.append(_save_part(shard, folder, len(shards)))
+    _name_shards(shards, folder, total_bytes)
+
+
+def _part_path(folder: str, index: int) -> str:
+    return os.path.join(folder, f"part-{index}.safetensors")
+
+
+def _save_part(shard: dict[str, torch.Tensor], folder: str, index: int) -> list[str]:
+    path = _part_path(folder, index)
+    save_file(shard, path, metadata={"format": "pt"})
+    os.chmod(path, 0o644)  # safetensors writes owner-only files
+    return list(shard)
+
+
+def _name_shards(shards: list[list[str]], folder: str, total_bytes: int) -> None:
+    if len(shards) == 1:
+        os.replace(_part_path(folder, 0), os.path.join(folder, "model.safetensors"))
+        return
+    weight_map = {}
+    for index, names in enumerate(shards):
+        file = f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(_part_path(folder, index), os.path.join(folder, file))
+        weight_map.update(dict.fromkeys(names, file))
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
+        json.dump({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}, f, indent=2)

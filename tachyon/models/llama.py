@@ -1,0 +1,163 @@
+"""Llama-family decoder (Llama 2/3.x, Mistral, SmolLM2, Qwen2 with qkv bias, Qwen3 with q/k RMSNorm).
+
+One flat batch of tokens goes through: embed -> N x (RMSNorm, attention over the paged KV cache,
+RMSNorm, SwiGLU MLP) -> final norm. Logits are computed separately, only for rows that need them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from tachyon.layers.attention.layer import PagedAttention
+from tachyon.layers.attention.metadata import AttentionMetadata
+from tachyon.layers.linear import Linear, plain_linear
+from tachyon.layers.norm import RMSNorm
+from tachyon.layers.rotary import RotaryEmbedding, rope_settings
+
+# checkpoint module name -> (our fused module name, shard id)
+FUSED_MODULES = {
+    "q_proj": ("qkv_proj", "q"),
+    "k_proj": ("qkv_proj", "k"),
+    "v_proj": ("qkv_proj", "v"),
+    "gate_proj": ("gate_up_proj", "gate"),
+    "up_proj": ("gate_up_proj", "up"),
+}
+
+
+def head_dim_of(cfg) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.head_dim = head_dim_of(cfg)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = Linear(cfg.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, qkv_bias, dtype)
+        self.o_proj = plain_linear(q_size, cfg.hidden_size, getattr(cfg, "attention_bias", False), dtype)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype) if qk_norm else None
+        self.rotary = rotary
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q, k, v = self.qkv_proj(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)  # [T, H, D]
+        k = k.view(-1, self.num_kv_heads, self.head_dim)  # [T, H_kv, D]
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.rotary(positions, q, k)
+        return self.o_proj(self.attn(q, k, v, meta))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg, dtype: torch.dtype) -> None:
+        super().__init__()
+        bias = getattr(cfg, "mlp_bias", False)
+        size = cfg.intermediate_size
+        self.gate_up_proj = Linear(cfg.hidden_size, {"gate": size, "up": size}, bias, dtype)
+        self.down_proj = plain_linear(size, cfg.hidden_size, bias, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(nn.functional.silu(gate) * up)
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(cfg, rotary, qkv_bias, qk_norm, dtype)
+        self.mlp = LlamaMLP(cfg, dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+    def forward(self, positions, x, residual, meta):
+        x, residual = (self.input_layernorm(x), x) if residual is None else self.input_layernorm(x, residual)
+        x = self.self_attn(positions, x, meta)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg, qkv_bias: bool, qk_norm: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        theta, scaling = rope_settings(cfg)
+        rotary = RotaryEmbedding(head_dim_of(cfg), cfg.max_position_embeddings, theta, scaling)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
+        self.embed_tokens.weight.requires_grad_(False)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(cfg, rotary, qkv_bias, qk_norm, dtype) for _ in range(cfg.num_hidden_layers)
+        )
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        x, residual = self.embed_tokens(input_ids), None  # [T, hidden]
+        for layer in self.layers:
+            x, residual = layer(positions, x, residual, meta)
+        x, _ = self.norm(x, residual)
+        return x
+
+
+class LlamaForCausalLM(nn.Module):
+    qkv_bias = False
+    qk_norm = False
+
+    def __init__(self, hf_config, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.config = hf_config
+        qkv_bias = self.qkv_bias or getattr(hf_config, "attention_bias", False)
+        self.model = LlamaModel(hf_config, qkv_bias, self.qk_norm, dtype)
+        self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
+        if not self.tie_word_embeddings:
+            self.lm_head = plain_linear(hf_config.hidden_size, hf_config.vocab_size, dtype=dtype)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids, positions [T] -> hidden states [T, hidden]"""
+        return self.model(input_ids, positions, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> float32 logits [N, vocab]"""
+        weight = self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
+        return nn.functional.linear(hidden, weight).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load HF-named checkpoint tensors, fusing q/k/v and gate/up; fail loudly on anything missing."""
+        modules = dict(self.named_modules())
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name or (self.tie_word_embeddings and name == "lm_head.weight"):
+                continue
+            module_path, _, param_name = name.rpartition(".")
+            parent, _, leaf = module_path.rpartition(".")
+            if leaf in FUSED_MODULES:
+                fused, shard_id = FUSED_MODULES[leaf]
+                modules[f"{parent}.{fused}"].load_shard(param_name, tensor, shard_id)
+                loaded.add(f"{parent}.{fused}.{param_name}")
+            elif name in params:
+                if params[name].shape != tensor.shape:
+                    raise ValueError(
+                        f"shape mismatch for {name}: checkpoint {tuple(tensor.shape)}, "
+                        f"model {tuple(params[name].shape)}"
+                    )
+                params[name].copy_(tensor)
+                loaded.add(name)
+            else:
+                raise ValueError(f"checkpoint tensor {name} has no place in {type(self).__name__}")
+        missing = sorted(set(params) - loaded)
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}")
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    qkv_bias = True
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    qk_norm = True
