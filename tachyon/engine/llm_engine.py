@@ -24,6 +24,8 @@ from tachyon.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
+MAX_LOGPROBS = 20  # top-n logprobs per position, as vLLM's default --max-logprobs
+
 
 @dataclass(eq=False)
 class _Sequence:
@@ -148,6 +150,10 @@ class LLMEngine:
     def _check_prompt(self, token_ids: list[int], params: SamplingParams) -> None:
         if not token_ids:
             raise ValueError("prompt is empty")
+        for name in ("logprobs", "prompt_logprobs"):
+            wanted = getattr(params, name)
+            if wanted is not None and wanted > MAX_LOGPROBS:
+                raise ValueError(f"{name}={wanted} exceeds the most this engine returns ({MAX_LOGPROBS})")
         if len(token_ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt has {len(token_ids)} tokens, but max_model_len is {self.max_model_len} "

@@ -144,6 +144,8 @@ def test_bad_requests_get_clear_errors_and_engine_keeps_serving(model_dir):
         SamplingParams(max_tokens=-1)
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=1.5)
+    with pytest.raises(ValueError, match="logprobs=50"):
+        llm.generate("Hello", SamplingParams(logprobs=50))
     with pytest.raises(ValueError, match="vocabulary"):
         llm.generate([[1, 2, 10**9]])
     out = llm.generate(["The capital of France is"], SamplingParams(temperature=0, max_tokens=5))

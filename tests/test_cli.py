@@ -1,0 +1,52 @@
+"""`tachyon` console commands as a user runs them: the default model (the embedded GGUF) end to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tachyon import LLM, SamplingParams
+
+
+def _tachyon(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "tachyon.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_generate_on_default_model_matches_the_offline_api(model_dir):
+    run = _tachyon("generate", "--prompt", "The capital of France is", "--max-tokens", "12")
+    assert run.returncode == 0, run.stderr
+    assert "KV cache:" in run.stderr and "blocks =" in run.stderr and "max concurrency" in run.stderr
+    expected = LLM(model_dir).generate("The capital of France is", SamplingParams(temperature=0, max_tokens=12))
+    assert expected[0].outputs[0].text in run.stdout
+
+
+def test_help_explains_every_flag():
+    run = _tachyon("generate", "--help")
+    assert run.returncode == 0
+    for flag in (
+        "--max-model-len",
+        "--max-num-seqs",
+        "--max-num-batched-tokens",
+        "--kv-cache-memory",
+        "--gpu-memory-utilization",
+        "--enable-prefix-caching",
+        "--dtype",
+        "--block-size",
+    ):
+        assert flag in run.stdout
+
+
+def test_bad_flag_value_is_a_clear_error_naming_the_flag():
+    run = _tachyon("generate", "--gpu-memory-utilization", "1.5")
+    assert run.returncode == 2
+    assert "--gpu-memory-utilization" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    run = _tachyon("generate", str(tmp_path / "nope"))
+    assert run.returncode == 2
+    assert "nope" in run.stderr and "Traceback" not in run.stderr
