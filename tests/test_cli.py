@@ -50,3 +50,19 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     run = _tachyon("generate", str(tmp_path / "nope"))
     assert run.returncode == 2
     assert "nope" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_convert_writes_a_folder_the_engine_loads(gguf_path, tmp_path, model_dir):
+    from tachyon.models.loader import load_model_source
+
+    out = tmp_path / "converted"
+    run = _tachyon("convert", gguf_path, str(out))
+    assert run.returncode == 0, run.stderr
+    converted, reference = load_model_source(str(out)), load_model_source(model_dir)
+
+    def fields(source) -> dict:
+        return {k: v for k, v in source.hf_config.to_dict().items() if "name_or_path" not in k}
+
+    assert fields(converted) == fields(reference)
+    again = _tachyon("convert", gguf_path, str(out))
+    assert again.returncode == 2 and "overwrite" in again.stderr

@@ -61,20 +61,21 @@ class ModelRunner:
             return self.config.kv_cache_memory
         return self._profile_free_gpu_memory()
 
+    @torch.inference_mode()
     def _profile_free_gpu_memory(self) -> int:
         """Run the largest step once with a throwaway cache; what it peaked at stays reserved."""
         num_tokens = self.config.max_num_batched_tokens
-        self.allocate_kv_cache(-(-num_tokens // self.block_size))
+        num_blocks = -(-num_tokens // self.block_size)
+        self.allocate_kv_cache(num_blocks)
         torch.cuda.reset_peak_memory_stats(self.device)
-        ids = list(range(num_tokens))
-        self._forward(
+        hidden = self._forward(
             torch.zeros(num_tokens, dtype=torch.long, device=self.device),
-            ids,
+            list(range(num_tokens)),
             [num_tokens],
             [num_tokens],
-            [list(range(-(-num_tokens // self.block_size)))],
-            [num_tokens - 1],
+            [list(range(num_blocks))],
         )
+        self.model.compute_logits(hidden[: self.config.max_num_seqs])  # the largest sampling step's logits
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         self.kv_caches = []
@@ -124,10 +125,11 @@ class ModelRunner:
             if s.completes_sequence:
                 sample_rows.append(row - 1)
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-        hidden = self._forward(ids, positions, query_lens, seq_lens, tables, sample_rows)
+        hidden = self._forward(ids, positions, query_lens, seq_lens, tables)
         return self._sample(sched, hidden, sample_rows, prompt_rows)
 
-    def _forward(self, ids, positions, query_lens, seq_lens, tables, sample_rows) -> torch.Tensor:
+    def _forward(self, ids, positions, query_lens, seq_lens, tables) -> torch.Tensor:
+        """ids, positions [T]; per sequence its new-token count, KV length and block ids -> hidden [T, H]"""
         bs = self.block_size
         slots = [
             tables[b][p // bs] * bs + p % bs

@@ -92,3 +92,17 @@ def test_priority_policy_serves_urgent_request_first(model_dir):
     while engine.has_unfinished_requests():
         finished += [o.request_id for o in engine.step() if o.finished]
     assert finished == ["high", "low"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_tracks_fp32_reference(model_dir, hf_model, dtype):
+    """16-bit runs are not bit-exact, but their prompt logprobs stay close to HF's fp32 ones."""
+    llm = LLM(model_dir, dtype=dtype, kv_cache_memory=64 << 20)
+    assert llm.engine.runner.dtype == getattr(torch, dtype)
+    out = llm.generate(PROMPTS[8], SamplingParams(temperature=0, max_tokens=8, prompt_logprobs=0))[0]
+    ids = out.prompt_token_ids
+    with torch.no_grad():
+        ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    errors = [abs(out.prompt_logprobs[p][ids[p]].logprob - ref[p - 1, ids[p]].item()) for p in range(1, len(ids))]
+    assert sum(errors) / len(errors) < 0.05
+    assert len(out.outputs[0].token_ids) == 8
