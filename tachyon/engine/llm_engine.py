@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -34,7 +33,6 @@ class _Sequence:
     req: Request
     detok: IncrementalDetokenizer
     logprobs: list[PositionLogprobs] | None
-    first_token_time: float | None = None
 
 
 @dataclass(eq=False)
@@ -45,7 +43,6 @@ class _RequestState:
     params: SamplingParams
     seqs: list[_Sequence]
     prompt_logprobs: list[PositionLogprobs | None] | None
-    arrival_time: float = field(default_factory=time.monotonic)
 
     @property
     def finished(self) -> bool:
@@ -221,7 +218,6 @@ class LLMEngine:
 
     def _process(self, sched, result: ModelRunnerOutput) -> list[_RequestState]:
         touched: dict[str, _RequestState] = {}
-        now = time.monotonic()
         for s in sched.scheduled:
             state, seq = self._seq_of[s.request.request_id]
             chunk_lp = result.prompt_logprobs.get(s.request.request_id)
@@ -229,7 +225,7 @@ class LLMEngine:
                 self._add_prompt_logprobs(state, *chunk_lp)
             token = result.sampled.get(s.request.request_id)
             if token is not None:
-                self._append_token(seq, token, result.logprobs.get(s.request.request_id), now)
+                self._append_token(seq, token, result.logprobs.get(s.request.request_id))
             touched[state.request_id] = state
         return list(touched.values())
 
@@ -237,10 +233,9 @@ class LLMEngine:
         """`chunk` scores prompt tokens first_pos+1...; a preempted request recomputes, so skip seen ones."""
         state.prompt_logprobs.extend(chunk[len(state.prompt_logprobs) - (first_pos + 1) :])
 
-    def _append_token(self, seq: _Sequence, token: int, logprobs, now: float) -> None:
+    def _append_token(self, seq: _Sequence, token: int, logprobs: PositionLogprobs | None) -> None:
         req = seq.req
         req.append_token(token)
-        seq.first_token_time = seq.first_token_time or now
         if seq.logprobs is not None:
             seq.logprobs.append(logprobs)
         status = req.check_stop()
