@@ -1,0 +1,146 @@
+"""The compressed-tensors on-disk format (what LLM Compressor writes and vLLM / transformers read): the
+`quantization_config` block of config.json and the tensors of each quantized Linear. `tachyon.compress`
+calls `quantization_config` and `compress_weight` to write checkpoints; `decompress` reads ours and LLM
+Compressor's back to dense weights (tests, the engine's fallback for formats it has no kernel for).
+
+Tensors per quantized Linear `<m>` (scale shapes: group [out, in/group], channel [out, 1], tensor [1]):
+  pack-quantized   <m>.weight_packed int32 [out, ceil(in*b/32)], <m>.weight_scale, <m>.weight_shape int64 [2],
+                   <m>.weight_zero_point int32 packed along out (asymmetric only)
+  int-quantized    <m>.weight int8, <m>.weight_scale
+  float-quantized  <m>.weight float8_e4m3fn, <m>.weight_scale
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Iterator
+
+import torch
+from safetensors import safe_open
+
+from tachyon.quantization.quantize import compute_qparams, dequantize, pack_int32, quantize, unpack_int32
+from tachyon.quantization.schemes import QuantArgs, QuantScheme
+
+__all__ = ["QUANT_METHOD", "compress_weight", "decompress", "decompress_module", "quantization_config"]
+
+QUANT_METHOD = "compressed-tensors"
+_FORMATS = ("pack-quantized", "int-quantized", "float-quantized", "naive-quantized")
+_SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight")
+_RUNTIME_SUFFIXES = ("input_scale", "input_zero_point", "output_scale", "output_zero_point", "weight_g_idx")
+
+
+def quantization_config(scheme: QuantScheme, ignore: list[str] | tuple[str, ...] = ("lm_head",)) -> dict:
+    """The config.json `quantization_config` of a checkpoint compressed with `scheme`."""
+    inputs = scheme.input_activations
+    group = {
+        "targets": ["Linear"],
+        "weights": scheme.weights.to_config(),
+        "input_activations": inputs.to_config() if inputs else None,
+        "output_activations": None,
+    }
+    return {
+        "quant_method": QUANT_METHOD,
+        "format": scheme.format,
+        "config_groups": {"group_0": group},
+        "ignore": list(ignore),
+        "quantization_status": "compressed",
+        "kv_cache_scheme": None,
+    }
+
+
+def compress_weight(weight: torch.Tensor, scheme: QuantScheme) -> dict[str, torch.Tensor]:
+    """One Linear's dense weight [out, in] -> its stored tensors, keyed by suffix (`weight_scale`, ...)."""
+    args = scheme.weights
+    scale, zero_point = compute_qparams(weight, args)
+    q = quantize(weight, scale, zero_point, args)
+    if scheme.format != "pack-quantized":
+        return {"weight": q, "weight_scale": scale}
+    tensors = {
+        "weight_packed": pack_int32(q, args.num_bits),
+        "weight_scale": scale,
+        "weight_shape": torch.tensor(weight.shape, dtype=torch.int64),
+    }
+    if zero_point is not None:
+        tensors["weight_zero_point"] = pack_int32(zero_point, args.num_bits, packed_dim=0)
+    return tensors
+
+
+def decompress_module(tensors: dict[str, torch.Tensor], args: QuantArgs, fmt: str) -> torch.Tensor:
+    """A quantized Linear's stored tensors (keyed by suffix) -> its dense weight, in the scale's dtype."""
+    scale, zero_point = tensors["weight_scale"], tensors.get("weight_zero_point")
+    if fmt == "pack-quantized":
+        out_features, in_features = (int(v) for v in tensors["weight_shape"].tolist())
+        q = unpack_int32(tensors["weight_packed"], args.num_bits, in_features)
+        if zero_point is not None and zero_point.dtype == torch.int32:  # packed along out_features
+            zero_point = unpack_int32(zero_point, args.num_bits, out_features, packed_dim=0)
+        return dequantize(q, scale, zero_point, args)
+    if fmt in _FORMATS:
+        return dequantize(tensors["weight"], scale, zero_point, args)
+    raise ValueError(f"compressed-tensors format {fmt!r} is not supported; supported: {', '.join(_FORMATS)}")
+
+
+def decompress(folder: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every weight of a compressed-tensors checkpoint, quantized Linears dequantized to
+    `<m>.weight`; activation scales and other run-time tensors are dropped."""
+    config = _read_quantization_config(folder)
+    files = _tensor_files(folder)
+    modules = _quantized_modules(files)
+    groups = [
+        (g.get("targets", []), g, g.get("format") or config.get("format")) for g in config["config_groups"].values()
+    ]
+    for name, path in files.items():
+        prefix, _, suffix = name.rpartition(".")
+        if prefix in modules and suffix in _SUFFIXES + _RUNTIME_SUFFIXES:
+            if suffix in ("weight_scale",):
+                targets, group, fmt = _match_group(prefix, groups)
+                tensors = {
+                    s: _load(files[f"{prefix}.{s}"], f"{prefix}.{s}") for s in _SUFFIXES if f"{prefix}.{s}" in files
+                }
+                yield f"{prefix}.weight", decompress_module(tensors, QuantArgs.from_config(group["weights"]), fmt)
+            continue
+        yield name, _load(path, name)
+
+
+def _read_quantization_config(folder: str) -> dict:
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        config = json.load(f).get("quantization_config")
+    if not config or config.get("quant_method") != QUANT_METHOD:
+        raise ValueError(f"{folder}: config.json has no compressed-tensors quantization_config")
+    if config.get("quantization_status", "compressed") != "compressed":
+        raise ValueError(f"{folder}: quantization_status {config.get('quantization_status')!r}, expected 'compressed'")
+    return config
+
+
+def _tensor_files(folder: str) -> dict[str, str]:
+    """Tensor name -> safetensors file holding it, over every shard."""
+    files: dict[str, str] = {}
+    for path in sorted(glob.glob(os.path.join(folder, "*.safetensors"))):
+        with safe_open(path, framework="pt") as f:
+            files.update(dict.fromkeys(f.keys(), path))
+    if not files:
+        raise ValueError(f"{folder}: no safetensors files")
+    return files
+
+
+def _quantized_modules(files: dict[str, str]) -> set[str]:
+    return {name.rpartition(".")[0] for name in files if name.endswith(".weight_scale")}
+
+
+def _match_group(module: str, groups: list[tuple[list[str], dict, str]]) -> tuple[list[str], dict, str]:
+    """The config group whose targets name `module` (exact name or `re:` regex) else the one targeting Linear."""
+    for targets, group, fmt in groups:
+        for target in targets:
+            if target == module or (target.startswith("re:") and re.match(target[3:], module)):
+                return targets, group, fmt
+    for targets, group, fmt in groups:
+        if "Linear" in targets:
+            return targets, group, fmt
+    raise ValueError(f"{module}: quantized, but no config group targets it")
+
+
+def _load(path: str, name: str) -> torch.Tensor:
+    with safe_open(path, framework="pt") as f:
+        return f.get_tensor(name)
