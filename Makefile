@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 serve: install
-	$(VENV)/bin/tachyon generate --chat "Give me three tips for writing fast Python code."
+	$(VENV)/bin/tachyon serve --host 127.0.0.1 --port 8000
 
 test: install
 	$(VENV)/bin/ruff check tachyon tests benchmarks

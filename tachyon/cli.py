@@ -1,4 +1,4 @@
-"""`tachyon` command line: generate, convert (and, as they land, serve, compress, bench, eval, plan)."""
+"""`tachyon` command line: generate, convert, serve, compress (and, as they land, bench, eval, plan)."""
 
 from __future__ import annotations
 
@@ -46,6 +46,85 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress(args: argparse.Namespace) -> int:
+    from tachyon.compress import compress_model
+    from tachyon.config import parse_dtype
+
+    dtype = parse_dtype(args.dtype) if args.dtype else None
+    print(
+        compress_model(
+            args.model, args.scheme, args.output, overwrite=args.overwrite, group_size=args.group_size, dtype=dtype
+        )
+    )
+    return 0
+
+
+def _add_compress_parser(sub) -> None:
+    from tachyon.quantization.schemes import supported_schemes
+
+    comp = sub.add_parser(
+        "compress",
+        help="quantize a model's weights (round-to-nearest) into a "
+        "compressed-tensors checkpoint that Tachyon, vLLM and HF transformers load",
+    )
+    comp.add_argument("model", nargs="?", default=None, help="HF folder, .gguf file or hub id (default: SmolLM2-135M)")
+    comp.add_argument("--scheme", required=True, help=f"quantization preset: {', '.join(supported_schemes())}")
+    comp.add_argument("--output", required=True, help="checkpoint folder to create (written atomically)")
+    comp.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        help="input columns per weight scale for grouped schemes (-1: per output channel); "
+        "must divide the layer widths, e.g. 64 for SmolLM2's 576",
+    )
+    comp.add_argument("--dtype", default=None, help="dtype of unquantized tensors and scales, e.g. bfloat16")
+    comp.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    comp.set_defaults(func=_compress)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from tachyon.server.api_server import run_server
+
+    return run_server(args)
+
+
+def _add_serve_parser(sub) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="serve the model over an OpenAI-compatible HTTP API",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_engine_args(serve)
+    g = serve.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: all interfaces)")
+    g.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
+    g.add_argument(
+        "--api-key",
+        default=None,
+        help="require this bearer token on every endpoint but /health, /version and /metrics",
+    )
+    g.add_argument(
+        "--served-model-name",
+        default=None,
+        help="model name in the API (default: the model path's basename, or SmolLM2-135M-Instruct)",
+    )
+    g.add_argument("--chat-template", default=None, help="chat template file, or the Jinja template itself")
+    g.add_argument(
+        "--max-waiting-requests",
+        type=int,
+        default=None,
+        help="refuse new requests with 503 + Retry-After while this many wait (default: no bound)",
+    )
+    g.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests may finish after SIGTERM before they are aborted",
+    )
+    g.add_argument("--uvicorn-log-level", default="info", help="uvicorn log level: debug, info, warning, error")
+    serve.set_defaults(func=_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tachyon", description="Fast LLM inference, compression and validation.")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -72,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("out_dir", help="folder to create")
     conv.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     conv.set_defaults(func=_convert)
+    _add_serve_parser(sub)
+    _add_compress_parser(sub)
     return parser
 
 

@@ -17,6 +17,13 @@ _DTYPES = {
 }
 
 
+def parse_dtype(name: str) -> torch.dtype:
+    """A dtype flag value (float32, bfloat16, float16 and their short names) as a torch dtype."""
+    if name not in _DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
 @dataclass
 class EngineConfig:
     model: str | None = None  # HF folder, .gguf file or hub id; None: the embedded default model
@@ -58,7 +65,7 @@ class EngineConfig:
     def resolve_dtype(self, hf_config, device: torch.device) -> torch.dtype:
         """auto: float32 on CPU (exact and fastest there); on GPU the checkpoint's 16-bit type, else bf16."""
         if self.dtype != "auto":
-            return _DTYPES[self.dtype]
+            return parse_dtype(self.dtype)
         if device.type == "cpu":
             return torch.float32
         stored = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)

@@ -66,3 +66,14 @@ def test_convert_writes_a_folder_the_engine_loads(gguf_path, tmp_path, model_dir
     assert fields(converted) == fields(reference)
     again = _tachyon("convert", gguf_path, str(out))
     assert again.returncode == 2 and "overwrite" in again.stderr
+
+
+def test_compress_writes_a_checkpoint_and_refuses_bad_input_before_work(model_dir, tmp_path):
+    from tachyon.quantization.compressed_tensors import decompress
+
+    out = tmp_path / "w8a16"
+    run = _tachyon("compress", model_dir, "--scheme", "W8A16", "--group-size", "64", "--output", str(out))
+    assert run.returncode == 0, run.stderr
+    assert sum(1 for name, _ in decompress(str(out)) if name.endswith("q_proj.weight")) == 30
+    bad = _tachyon("compress", model_dir, "--scheme", "W3A9", "--output", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "W4A16" in bad.stderr and not (tmp_path / "bad").exists()

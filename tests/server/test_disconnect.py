@@ -1,0 +1,58 @@
+"""Clients that leave: their requests are aborted and every KV block is free again within moments."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from tests.server.conftest import scrape
+
+LONG = {"prompt": "Tell me a long story about a dragon.", "max_tokens": 500, "ignore_eos": True, "temperature": 0.8}
+
+
+def _wait_idle(base_url: str, timeout: float = 5.0) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = scrape(base_url)
+        idle = metrics["tachyon:num_requests_running"] == 0 and metrics["tachyon:num_requests_waiting"] == 0
+        if (idle and metrics["tachyon:kv_cache_usage_perc"] == 0) or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.05)
+
+
+def test_closing_32_streams_aborts_them_and_frees_the_cache(base_url):
+    async def open_and_leave(http: httpx.AsyncClient, i: int) -> int:
+        body = {**LONG, "stream": True, "seed": i}
+        async with http.stream("POST", "/v1/completions", json=body) as response:
+            assert response.status_code == 200
+            chunks = 0
+            async for line in response.aiter_lines():
+                chunks += line.startswith("data: ")
+                if chunks == 2:
+                    return chunks
+        return chunks
+
+    async def main() -> list[int]:
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+            tasks = [open_and_leave(http, i) for i in range(32)]
+            results = await asyncio.gather(*tasks)
+            busy = scrape(base_url)
+            assert busy["tachyon:num_requests_running"] + busy["tachyon:num_requests_waiting"] > 0
+            return results
+
+    assert asyncio.run(main()) == [2] * 32
+    metrics = _wait_idle(base_url)
+    assert metrics["tachyon:num_requests_running"] == 0 and metrics["tachyon:num_requests_waiting"] == 0
+    assert metrics["tachyon:kv_cache_usage_perc"] == 0
+
+
+def test_non_streaming_client_that_gives_up_is_aborted(base_url):
+    try:
+        httpx.post(f"{base_url}/v1/completions", json=LONG, timeout=1.5)
+        raise AssertionError("500 tokens cannot finish in 1.5 s")
+    except httpx.TimeoutException:
+        pass
+    metrics = _wait_idle(base_url)
+    assert metrics["tachyon:num_requests_running"] == 0 and metrics["tachyon:kv_cache_usage_perc"] == 0

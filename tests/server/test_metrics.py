@@ -1,0 +1,45 @@
+"""/metrics: vLLM's metric names under `tachyon:`, engine gauges read live, token counters equal
+to what the responses reported, latency histograms filled."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.server.conftest import scrape
+
+
+def test_metrics_after_requests(base_url, client, model_name):
+    before = scrape(base_url)
+    prompts = ["The sky is", "Once upon a time", "def fibonacci(n):"]
+    usages = [client.completions.create(model=model_name, prompt=p, max_tokens=4, temperature=0).usage for p in prompts]
+    stream = client.chat.completions.create(
+        model=model_name,
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usages += [chunk.usage for chunk in stream if chunk.usage]
+    after = scrape(base_url)
+
+    def delta(name: str) -> float:
+        return after[name] - before.get(name, 0.0)
+
+    assert delta("tachyon:prompt_tokens_total") == sum(u.prompt_tokens for u in usages)
+    assert delta("tachyon:generation_tokens_total") == sum(u.completion_tokens for u in usages)
+    for name in ("time_to_first_token_seconds", "e2e_request_latency_seconds"):
+        assert delta(f"tachyon:{name}_count") == 4
+        assert 0 < delta(f"tachyon:{name}_sum") < 60
+    assert delta("tachyon:inter_token_latency_seconds_count") == sum(u.completion_tokens - 1 for u in usages)
+    assert after["tachyon:num_requests_running"] == 0 and after["tachyon:num_requests_waiting"] == 0
+    assert 0 <= after["tachyon:kv_cache_usage_perc"] <= 1
+    assert after["tachyon:prefix_cache_queries_total"] >= after["tachyon:prefix_cache_hits_total"] >= 0
+    assert "tachyon:num_preemptions_total" in after
+    assert 'tachyon:e2e_request_latency_seconds_bucket{le="+Inf"}' in after
+
+
+def test_metrics_content_type(base_url):
+    r = httpx.get(f"{base_url}/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    assert "# TYPE tachyon:time_to_first_token_seconds histogram" in r.text
+    assert "# TYPE tachyon:num_requests_running gauge" in r.text
