@@ -9,29 +9,16 @@ import torch
 
 from tachyon import LLM, SamplingParams
 from tests.data.prompts import PROMPTS
+from tests.reference import hf_greedy
 
 NEW_TOKENS = 64
 GREEDY = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def hf_greedy(hf_model, hf_tokenizer):
+def hf_greedy_outputs(hf_model, hf_tokenizer):
     """HF's greedy continuation of each prompt, one at a time (no padding), EOS not stopping it."""
-    outs = []
-    for prompt in PROMPTS:
-        ids = hf_tokenizer(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            gen = hf_model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=None,
-            )
-        outs.append(gen[0, ids.shape[1] :].tolist())
-    return outs
+    return [hf_greedy(hf_model, hf_tokenizer(p).input_ids, NEW_TOKENS) for p in PROMPTS]
 
 
 def _assert_all_blocks_free(llm: LLM) -> None:
@@ -40,9 +27,9 @@ def _assert_all_blocks_free(llm: LLM) -> None:
     assert all(b.ref_count == 0 for b in kv.blocks)
 
 
-def _check_greedy(llm: LLM, hf_greedy) -> None:
+def _check_greedy(llm: LLM, hf_greedy_outputs) -> None:
     outputs = llm.generate(PROMPTS, GREEDY)
-    for prompt, out, expected in zip(PROMPTS, outputs, hf_greedy):
+    for prompt, out, expected in zip(PROMPTS, outputs, hf_greedy_outputs):
         assert out.outputs[0].token_ids == expected, f"diverged on {prompt[:40]!r}"
     _assert_all_blocks_free(llm)
 
@@ -56,17 +43,17 @@ def _check_greedy(llm: LLM, hf_greedy) -> None:
     ],
     ids=["prefix-caching", "no-prefix-caching", "chunked-prefill-32"],
 )
-def test_greedy_matches_hf(model_dir, hf_greedy, engine_args):
+def test_greedy_matches_hf(model_dir, hf_greedy_outputs, engine_args):
     llm = LLM(model_dir, **engine_args)
-    _check_greedy(llm, hf_greedy)
+    _check_greedy(llm, hf_greedy_outputs)
 
 
-def test_greedy_matches_hf_under_preemption(model_dir, hf_greedy):
+def test_greedy_matches_hf_under_preemption(model_dir, hf_greedy_outputs):
     # 40 blocks of 16 tokens cannot hold 16 sequences of up to ~300 tokens at once
     block_bytes = 2 * 30 * 16 * 3 * 64 * 4
     llm = LLM(model_dir, kv_cache_memory=40 * block_bytes)
     assert llm.engine.kv.num_blocks == 40
-    _check_greedy(llm, hf_greedy)
+    _check_greedy(llm, hf_greedy_outputs)
     assert llm.engine.stats().num_preemptions > 0
 
 

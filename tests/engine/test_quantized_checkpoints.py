@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from tachyon import LLM, SamplingParams
 from tachyon.compress import compress_model
 from tests.data.prompts import PROMPTS
+from tests.reference import hf_greedy
 
 NEW_TOKENS = 24
 
@@ -22,18 +23,7 @@ def test_engine_greedy_agrees_with_hf_on_our_checkpoint(model_dir, tmp_path, sch
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     same = total = 0
     for out in ours:
-        ids = torch.tensor([out.prompt_token_ids])
-        with torch.no_grad():
-            ref = hf.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=NEW_TOKENS,
-                min_new_tokens=NEW_TOKENS,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=None,
-            )
-        expected = ref[0, ids.shape[1] :].tolist()
+        expected = hf_greedy(hf, out.prompt_token_ids, NEW_TOKENS)
         same += sum(a == b for a, b in zip(out.outputs[0].token_ids, expected))
         total += NEW_TOKENS
     assert same / total >= 0.9, f"{scheme}: greedy token agreement {same / total:.1%}"

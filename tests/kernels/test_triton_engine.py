@@ -12,10 +12,11 @@ if not ON_GPU:
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")
 
-from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
+from transformers import LlamaConfig  # noqa: E402
 
 from tachyon import LLM, SamplingParams  # noqa: E402
 from tachyon.kernels.paged_attention import interpreted  # noqa: E402
+from tests.reference import save_tiny_model  # noqa: E402
 
 if not ON_GPU and not interpreted():
     pytest.skip("triton was imported before TRITON_INTERPRET=1 could be set", allow_module_level=True)
@@ -25,7 +26,6 @@ PROMPTS = [[504, 3575, 282, 4649, 314], list(range(1000, 1040)), list(range(1000
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory, hf_tokenizer):
-    torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=49152,
         hidden_size=96,
@@ -35,13 +35,8 @@ def tiny_llama(tmp_path_factory, hf_tokenizer):
         num_key_value_heads=2,
         max_position_embeddings=256,
     )
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(8.0 if p.dim() > 1 else 1.0)
     path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    hf_tokenizer.save_pretrained(path)
+    save_tiny_model(config, path, hf_tokenizer)
     return str(path)
 
 

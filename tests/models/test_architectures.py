@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+from transformers import LlamaConfig, Qwen2Config, Qwen3Config
 
 from tachyon import LLM, SamplingParams
+from tests.reference import hf_greedy, save_tiny_model
 
 VOCAB = 49152
 COMMON = dict(
@@ -41,16 +42,8 @@ PROMPTS = [[504, 3575, 282, 4649, 314], list(range(1000, 1100)), [7, 8, 9]]
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def tiny(request, tmp_path_factory, hf_tokenizer):
-    torch.manual_seed(0)
-    config = CONFIGS[request.param]
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-    with torch.no_grad():  # larger weights than the default init, so logits are far from uniform
-        for p in model.parameters():
-            p.mul_(8.0 if p.dim() > 1 else 1.0)
     path = tmp_path_factory.mktemp(request.param)
-    model.save_pretrained(path)
-    hf_tokenizer.save_pretrained(path)
-    return str(path), model
+    return str(path), save_tiny_model(CONFIGS[request.param], path, hf_tokenizer)
 
 
 def test_greedy_and_prompt_logprobs_match_hf(tiny):
@@ -58,18 +51,8 @@ def test_greedy_and_prompt_logprobs_match_hf(tiny):
     llm = LLM(path, max_num_batched_tokens=64)  # the 100-token prompt is chunked
     outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, prompt_logprobs=0))
     for ids, out in zip(PROMPTS, outs):
-        prompt = torch.tensor([ids])
+        assert out.outputs[0].token_ids == hf_greedy(hf, ids, 16)
         with torch.no_grad():
-            expected = hf.generate(
-                prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=16,
-                min_new_tokens=16,
-                do_sample=False,
-                eos_token_id=None,
-                pad_token_id=None,
-            )
-            ref = torch.log_softmax(hf(prompt).logits[0].float(), dim=-1)
-        assert out.outputs[0].token_ids == expected[0, len(ids) :].tolist()
+            ref = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), dim=-1)
         for pos in range(1, len(ids)):
             assert abs(out.prompt_logprobs[pos][ids[pos]].logprob - ref[pos - 1, ids[pos]].item()) < 1e-4
