@@ -146,8 +146,3 @@ class KVCacheManager:
                 self.free_queue[block_id] = block
         req.block_ids = []
         req.num_cached_blocks = 0
-
-    def reset_prefix_cache(self) -> None:
-        for block in self.blocks:
-            block.block_hash = None
-        self.cached.clear()

@@ -77,10 +77,9 @@ class LLMEngine:
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(
-                config.max_num_seqs,
-                config.max_num_batched_tokens,
-                self.max_model_len,
-                config.scheduling_policy,
+                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                policy=config.scheduling_policy,
             ),
             self.kv,
         )

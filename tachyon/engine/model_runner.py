@@ -45,7 +45,6 @@ class ModelRunner:
         for layer in self.attn_layers:
             layer.backend = self.backend
         self.sampler = Sampler()
-        self.kv_caches: list[torch.Tensor] = []
 
     # ---- KV pool -------------------------------------------------------------------------------
     @property
@@ -78,8 +77,7 @@ class ModelRunner:
         self.model.compute_logits(hidden[: self.config.max_num_seqs])  # the largest sampling step's logits
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
-        self.kv_caches = []
-        for layer in self.attn_layers:
+        for layer in self.attn_layers:  # drop the throwaway cache
             layer.kv_cache = None
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
@@ -100,9 +98,8 @@ class ModelRunner:
     def allocate_kv_cache(self, num_blocks: int) -> None:
         a = self.attn_layers[0]
         shape = (2, num_blocks, self.block_size, a.num_kv_heads, a.head_dim)
-        self.kv_caches = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.attn_layers]
-        for layer, cache in zip(self.attn_layers, self.kv_caches):
-            layer.kv_cache = cache
+        for layer in self.attn_layers:
+            layer.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
 
     # ---- one step ----------------------------------------------------------------------------
     @torch.inference_mode()

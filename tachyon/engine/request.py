@@ -44,7 +44,6 @@ class Request:
     block_hashes: list[int] = field(default_factory=list)  # one per full block of all_token_ids
     num_cached_blocks: int = 0  # leading blocks already registered in the prefix cache
     num_cached_prompt_tokens: int = 0  # prefix-cache hit at first scheduling (for stats)
-    num_preemptions: int = 0
     stop_reason: int | str | None = None
 
     def __post_init__(self) -> None:

@@ -27,13 +27,5 @@ class AttentionMetadata:
     block_size: int
 
     @property
-    def num_seqs(self) -> int:
-        return len(self.seq_lens_cpu)
-
-    @property
     def max_query_len(self) -> int:
         return max(self.query_lens_cpu)
-
-    @property
-    def max_seq_len(self) -> int:
-        return max(self.seq_lens_cpu)

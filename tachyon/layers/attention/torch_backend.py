@@ -14,6 +14,7 @@ axis, so each KV head meets `group * q` query rows in one matmul:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,7 @@ def _build_plan(meta: AttentionMetadata, device: torch.device) -> list[_Group]:
     by_len: dict[int, list[int]] = {}
     for b, q_len in enumerate(meta.query_lens_cpu):
         by_len.setdefault(q_len, []).append(b)
-    starts = meta.query_start_loc.tolist()
+    starts = [0, *itertools.accumulate(meta.query_lens_cpu)]  # host-side: no device sync
     groups = []
     for q_len, seqs in by_len.items():
         seq_lens = torch.tensor([meta.seq_lens_cpu[b] for b in seqs], device=device)  # [G]
