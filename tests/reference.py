@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 
 def hf_greedy(model, prompt_ids: list[int], num_new: int) -> list[int]:
     """HF `generate`'s greedy continuation of one unpadded prompt, exactly num_new tokens (EOS ignored)."""
-    ids = torch.tensor([prompt_ids])
+    ids = torch.tensor([prompt_ids], device=model.device)
     with torch.no_grad():
         out = model.generate(
             ids,
