@@ -64,7 +64,7 @@ class EngineStats:
 class LLMEngine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.source = load_model_source(config.model, tokenizer=config.tokenizer)
+        self.source = load_model_source(config.model, tokenizer=config.tokenizer, load_format=config.load_format)
         self.tokenizer = self.source.tokenizer
         device = config.resolve_device()
         dtype = config.resolve_dtype(self.source.hf_config, device)
@@ -74,6 +74,7 @@ class LLMEngine:
         if num_blocks < 1:
             raise ValueError("the KV cache budget holds not even one block; raise --kv-cache-memory")
         self.runner.allocate_kv_cache(num_blocks)
+        self.runner.capture_cuda_graphs(self.max_model_len)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             SchedulerConfig(

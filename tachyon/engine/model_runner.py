@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tachyon.config import EngineConfig
+from tachyon.engine.cuda_graphs import DecodeGraphs
 from tachyon.engine.outputs import PositionLogprobs
 from tachyon.engine.sampler import Sampler, SamplingMetadata, prompt_logprobs
 from tachyon.engine.scheduler import ScheduledRequest, SchedulerOutput
@@ -37,7 +38,7 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, source, device: torch.device, dtype: torch.dtype) -> None:
         self.config, self.device, self.dtype = config, device, dtype
         self.block_size = config.block_size
-        self.model = create_model(source, dtype, device, _dequantized_weights(source, dtype))
+        self.model = create_model(source, dtype, device, load_format=config.load_format)
         self.vocab_size = source.hf_config.vocab_size
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, PagedAttention)]
         self.backend = create_attention_backend(config.attention_backend, device)
@@ -45,6 +46,11 @@ class ModelRunner:
         for layer in self.attn_layers:
             layer.backend = self.backend
         self.sampler = Sampler()
+        self.use_cuda_graphs = device.type == "cuda" and not config.enforce_eager
+        if self.use_cuda_graphs and self.backend.name != "triton":
+            logger.warning("CUDA graphs need the triton attention backend; running %s eagerly", self.backend.name)
+            self.use_cuda_graphs = False
+        self.graphs: DecodeGraphs | None = None
 
     # ---- KV pool -------------------------------------------------------------------------------
     @property
@@ -75,18 +81,21 @@ class ModelRunner:
             [list(range(num_blocks))],
         )
         self.model.compute_logits(hidden[: self.config.max_num_seqs])  # the largest sampling step's logits
+        del hidden
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
+        graphs = self._profile_decode_graph_memory() if self.use_cuda_graphs else 0
         for layer in self.attn_layers:  # drop the throwaway cache
             layer.kv_cache = None
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
         in_use_elsewhere = total - free - torch.cuda.memory_reserved(self.device)
-        budget = int(total * self.config.gpu_memory_utilization) - peak - in_use_elsewhere
+        budget = int(total * self.config.gpu_memory_utilization) - peak - graphs - in_use_elsewhere
         logger.info(
-            "GPU memory: total %.1f GiB, model+activations peak %.2f GiB, KV budget %.2f GiB",
+            "GPU memory: total %.1f GiB, model+activations peak %.2f GiB, CUDA graphs ~%.2f GiB, KV budget %.2f GiB",
             total / 2**30,
             peak / 2**30,
+            graphs / 2**30,
             budget / 2**30,
         )
         if budget <= 0:
@@ -94,6 +103,24 @@ class ModelRunner:
                 "no GPU memory left for the KV cache; raise --gpu-memory-utilization or lower --max-num-batched-tokens"
             )
         return budget
+
+    def _profile_decode_graph_memory(self) -> int:
+        """Activation bytes of the largest decode step: what the graphs' private pool will hold."""
+        n = self.config.max_num_seqs
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        ids = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.model.compute_logits(self._forward(ids, [0] * n, [1] * n, [1] * n, [[0]] * n))
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.max_memory_allocated(self.device) - base
+
+    def capture_cuda_graphs(self, max_model_len: int) -> None:
+        """After the KV pool exists (the graphs bake in its address): capture the decode ladder."""
+        if not self.use_cuda_graphs:
+            return
+        max_blocks = -(-max_model_len // self.block_size)
+        self.graphs = DecodeGraphs(self.model, self.config.max_num_seqs, max_blocks, self.block_size, self.device)
+        self.graphs.capture()
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         a = self.attn_layers[0]
@@ -121,33 +148,46 @@ class ModelRunner:
             row += s.num_new_tokens
             if s.completes_sequence:
                 sample_rows.append(row - 1)
-        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-        hidden = self._forward(ids, positions, query_lens, seq_lens, tables)
-        return self._sample(sched, hidden, sample_rows, prompt_rows)
+        out = ModelRunnerOutput()
+        graph_ok = self.graphs is not None and self.graphs.padded_size(row) is not None
+        if graph_ok and len(sample_rows) == row == len(query_lens) and not prompt_rows:  # pure decode
+            slots = self._slots(query_lens, seq_lens, tables)
+            logits = self.graphs.run(token_ids, positions, slots, seq_lens, tables)
+        else:
+            ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+            hidden = self._forward(ids, positions, query_lens, seq_lens, tables)
+            self._prompt_logprobs(out, hidden, prompt_rows)
+            if not sample_rows:
+                return out
+            logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])  # [B, V]
+        self._sample(out, [s.request for s in sched.scheduled if s.completes_sequence], logits)
+        return out
 
-    def _forward(self, ids, positions, query_lens, seq_lens, tables) -> torch.Tensor:
-        """ids, positions [T]; per sequence its new-token count, KV length and block ids -> hidden [T, H]"""
+    def _slots(self, query_lens, seq_lens, tables) -> list[int]:
+        """The KV-cache slot each new token writes."""
         bs = self.block_size
-        slots = [
+        return [
             tables[b][p // bs] * bs + p % bs
             for b, (q, s) in enumerate(zip(query_lens, seq_lens))
             for p in range(s - q, s)
         ]
+
+    def _forward(self, ids, positions, query_lens, seq_lens, tables) -> torch.Tensor:
+        """ids, positions [T]; per sequence its new-token count, KV length and block ids -> hidden [T, H]"""
         width = max(len(t) for t in tables)
         dev = self.device
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            slot_mapping=torch.tensor(self._slots(query_lens, seq_lens, tables), dtype=torch.long, device=dev),
             query_start_loc=torch.tensor([0, *_cumsum(query_lens)], dtype=torch.int32, device=dev),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=dev),
             query_lens_cpu=query_lens,
             seq_lens_cpu=seq_lens,
-            block_size=bs,
+            block_size=self.block_size,
         )
         return self.model(ids, torch.tensor(positions, dtype=torch.long, device=dev), meta)
 
-    def _sample(self, sched, hidden, sample_rows, prompt_rows) -> ModelRunnerOutput:
-        out = ModelRunnerOutput()
+    def _prompt_logprobs(self, out: ModelRunnerOutput, hidden: torch.Tensor, prompt_rows) -> None:
         for s, first, num in prompt_rows:
             req, start = s.request, s.request.num_computed_tokens
             if num <= 0:
@@ -158,10 +198,9 @@ class ModelRunner:
                 start,
                 prompt_logprobs(logits, targets, req.params.prompt_logprobs),
             )
-        if not sample_rows:
-            return out
-        reqs = [s.request for s in sched.scheduled if s.completes_sequence]
-        logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])  # [B, V]
+
+    def _sample(self, out: ModelRunnerOutput, reqs, logits: torch.Tensor) -> None:
+        """logits [B, V] of the requests that sample this step, in order."""
         meta = SamplingMetadata.build(
             params=[r.params for r in reqs],
             generators=[r.generator for r in reqs],
@@ -176,7 +215,6 @@ class ModelRunner:
             out.sampled[req.request_id] = token
             if lp is not None:
                 out.logprobs[req.request_id] = lp
-        return out
 
 
 def _cumsum(values: list[int]) -> list[int]:
@@ -185,28 +223,6 @@ def _cumsum(values: list[int]) -> list[int]:
         total += v
         out.append(total)
     return out
-
-
-def _dequantized_weights(source, dtype: torch.dtype):
-    """Dense weights of a compressed-tensors checkpoint, or None for a dense one. An explicit fallback:
-    the weights are dequantized at load until quantized linear methods run them as stored."""
-    config = getattr(source.hf_config, "quantization_config", None) or {}
-    if config.get("quant_method") != "compressed-tensors":
-        return None
-    from tachyon.quantization.compressed_tensors import decompress
-
-    if any(group.get("input_activations") for group in config.get("config_groups", {}).values()):
-        raise ValueError(
-            f"{source.path}: its scheme quantizes activations (e.g. W8A8, FP8); the engine cannot run those yet. "
-            "Weight-only schemes (W8A16, W4A16, W4A16_ASYM) are supported."
-        )
-    logger.warning(
-        "%s is a compressed-tensors checkpoint: dequantizing its weights to %s at load "
-        "(quantized execution is not implemented yet)",
-        source.path,
-        dtype,
-    )
-    return decompress(source.path)
 
 
 def _stop_ids(req) -> set[int]:

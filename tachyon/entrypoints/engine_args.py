@@ -56,6 +56,17 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--attention-backend", default="auto", help="auto, torch or triton")
     g.add_argument(
+        "--load-format",
+        default="auto",
+        choices=["auto", "dummy"],
+        help="dummy: random weights of the model's shape (needs only config.json and a tokenizer); for benchmarks",
+    )
+    g.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="on GPU, launch every kernel from Python instead of replaying CUDA graphs for decode steps",
+    )
+    g.add_argument(
         "--scheduling-policy",
         default="fcfs",
         choices=["fcfs", "priority"],
@@ -78,6 +89,8 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         kv_cache_memory=args.kv_cache_memory,
         gpu_memory_utilization=args.gpu_memory_utilization,
         attention_backend=args.attention_backend,
+        enforce_eager=args.enforce_eager,
+        load_format=args.load_format,
         scheduling_policy=args.scheduling_policy,
         seed=args.seed,
     )

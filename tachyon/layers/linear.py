@@ -11,13 +11,41 @@ from torch import nn
 
 
 class LinearMethod:
-    """Owns how a linear layer stores its weight and computes `x @ W.T + b`: dense here."""
+    """Owns how a linear layer stores its weight and computes `x @ W.T + b`: dense here; the quantized
+    methods (tachyon.layers.quantized_linear) store what a compressed checkpoint holds."""
+
+    kernel = "dense"  # what runs the matmul, for the start-up log
 
     def create_weights(self, layer: Linear, dtype: torch.dtype) -> None:
-        layer.weight = nn.Parameter(torch.empty(layer.output_size, layer.input_size, dtype=dtype), requires_grad=False)
+        layer.weight = frozen(torch.empty(layer.output_size, layer.input_size, dtype=dtype))
+
+    def load(self, layer: Linear, param_name: str, loaded: torch.Tensor, shard_id: str | int | None) -> None:
+        """Copy a checkpoint tensor into the shard's rows of a parameter (the whole of it if unsharded)."""
+        if not isinstance(getattr(layer, param_name, None), torch.Tensor):
+            raise ValueError(f"checkpoint tensor {param_name!r} has no place in a linear layer run by {self.kernel}")
+        copy_rows(layer, getattr(layer, param_name), param_name, loaded, shard_id)
+
+    def process_weights_after_loading(self, layer: Linear) -> None:
+        """Once every shard is in: repack for the kernel (a no-op for dense weights)."""
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, layer.weight, layer.bias)
+
+
+def frozen(tensor: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor, requires_grad=False)
+
+
+def copy_rows(layer: Linear, param: torch.Tensor, name: str, loaded: torch.Tensor, shard_id: str | int | None) -> None:
+    """Copy `loaded` into the rows (dim 0) of `param` that output shard `shard_id` owns."""
+    if shard_id is None:
+        target = param
+    else:
+        offset, size = layer.shard_offsets[shard_id]
+        target = param.narrow(0, offset, size)
+    if target.shape != loaded.shape:
+        raise ValueError(f"shape mismatch loading {name}[{shard_id}]: {tuple(loaded.shape)} into {tuple(target.shape)}")
+    target.copy_(loaded)
 
 
 class Linear(nn.Module):
@@ -44,26 +72,32 @@ class Linear(nn.Module):
             self.shard_offsets[shard_id] = (offset, size)
             offset += size
         self.method = method or LinearMethod()
-        self.bias = nn.Parameter(torch.zeros(self.output_size, dtype=dtype), requires_grad=False) if bias else None
+        self.bias = frozen(torch.zeros(self.output_size, dtype=dtype)) if bias else None
         self.method.create_weights(self, dtype)
 
     def load_shard(self, param_name: str, loaded: torch.Tensor, shard_id: str | int | None = None) -> None:
-        """Copy a checkpoint tensor into its rows of `weight` or `bias` (the whole tensor if unsharded)."""
-        param: torch.Tensor = getattr(self, param_name)
-        if shard_id is None:
-            target = param
+        """Take one checkpoint tensor of this layer (`weight`, `bias`, `weight_scale`, ...)."""
+        if param_name == "bias":
+            copy_rows(self, self.bias, param_name, loaded, shard_id)
         else:
-            offset, size = self.shard_offsets[shard_id]
-            target = param.narrow(0, offset, size)
-        if target.shape != loaded.shape:
-            raise ValueError(
-                f"shape mismatch loading {param_name}[{shard_id}]: {tuple(loaded.shape)} into {tuple(target.shape)}"
-            )
-        target.copy_(loaded)
+            self.method.load(self, param_name, loaded, shard_id)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method.apply(self, x)
 
 
-def plain_linear(input_size: int, output_size: int, bias: bool = False, dtype: torch.dtype = torch.float32) -> Linear:
-    return Linear(input_size, {"": output_size}, bias=bias, dtype=dtype)
+def plain_linear(
+    input_size: int,
+    output_size: int,
+    bias: bool = False,
+    dtype: torch.dtype = torch.float32,
+    method: LinearMethod | None = None,
+) -> Linear:
+    return Linear(input_size, {"": output_size}, bias=bias, dtype=dtype, method=method)
+
+
+def finish_loading(model: nn.Module) -> None:
+    """After every checkpoint tensor is in: each Linear's method repacks its weights for its kernel."""
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.method.process_weights_after_loading(module)

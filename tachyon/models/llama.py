@@ -13,9 +13,11 @@ from torch import nn
 
 from tachyon.layers.attention.layer import PagedAttention
 from tachyon.layers.attention.metadata import AttentionMetadata
-from tachyon.layers.linear import Linear, plain_linear
+from tachyon.layers.linear import Linear, finish_loading
 from tachyon.layers.norm import RMSNorm
+from tachyon.layers.quantized_linear import make_linear
 from tachyon.layers.rotary import RotaryEmbedding, rope_settings
+from tachyon.quantization.compressed_tensors import CheckpointQuantization
 
 # checkpoint module name -> (our fused module name, shard id)
 FUSED_MODULES = {
@@ -27,18 +29,28 @@ FUSED_MODULES = {
 }
 
 
+def _checkpoint_names(shards: dict[str, int]) -> list[str]:
+    """Shard ids of a fused Linear -> the checkpoint's module names (q -> q_proj)."""
+    by_shard = {shard: name for name, (_, shard) in FUSED_MODULES.items()}
+    return [by_shard[shard] for shard in shards]
+
+
 def head_dim_of(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool, dtype: torch.dtype) -> None:
+    def __init__(
+        self, cfg, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool, dtype: torch.dtype, quant, prefix: str
+    ) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = head_dim_of(cfg)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = Linear(cfg.hidden_size, {"q": q_size, "k": kv_size, "v": kv_size}, qkv_bias, dtype)
-        self.o_proj = plain_linear(q_size, cfg.hidden_size, getattr(cfg, "attention_bias", False), dtype)
+        shards = {"q": q_size, "k": kv_size, "v": kv_size}
+        self.qkv_proj = make_linear(quant, prefix, _checkpoint_names(shards), cfg.hidden_size, shards, qkv_bias, dtype)
+        o_bias = getattr(cfg, "attention_bias", False)
+        self.o_proj = make_linear(quant, prefix, ["o_proj"], q_size, {"": cfg.hidden_size}, o_bias, dtype)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype) if qk_norm else None
         self.rotary = rotary
@@ -57,12 +69,13 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, cfg, dtype: torch.dtype) -> None:
+    def __init__(self, cfg, dtype: torch.dtype, quant, prefix: str) -> None:
         super().__init__()
         bias = getattr(cfg, "mlp_bias", False)
         size = cfg.intermediate_size
-        self.gate_up_proj = Linear(cfg.hidden_size, {"gate": size, "up": size}, bias, dtype)
-        self.down_proj = plain_linear(size, cfg.hidden_size, bias, dtype)
+        shards = {"gate": size, "up": size}
+        self.gate_up_proj = make_linear(quant, prefix, _checkpoint_names(shards), cfg.hidden_size, shards, bias, dtype)
+        self.down_proj = make_linear(quant, prefix, ["down_proj"], size, {"": cfg.hidden_size}, bias, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -70,10 +83,12 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool, dtype: torch.dtype) -> None:
+    def __init__(
+        self, cfg, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool, dtype: torch.dtype, quant, prefix: str
+    ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, rotary, qkv_bias, qk_norm, dtype)
-        self.mlp = LlamaMLP(cfg, dtype)
+        self.self_attn = LlamaAttention(cfg, rotary, qkv_bias, qk_norm, dtype, quant, f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(cfg, dtype, quant, f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
@@ -85,14 +100,15 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg, qkv_bias: bool, qk_norm: bool, dtype: torch.dtype) -> None:
+    def __init__(self, cfg, qkv_bias: bool, qk_norm: bool, dtype: torch.dtype, quant) -> None:
         super().__init__()
         theta, scaling = rope_settings(cfg)
         rotary = RotaryEmbedding(head_dim_of(cfg), cfg.max_position_embeddings, theta, scaling)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
         self.embed_tokens.weight.requires_grad_(False)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, rotary, qkv_bias, qk_norm, dtype) for _ in range(cfg.num_hidden_layers)
+            LlamaDecoderLayer(cfg, rotary, qkv_bias, qk_norm, dtype, quant, f"model.layers.{i}")
+            for i in range(cfg.num_hidden_layers)
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
@@ -112,10 +128,13 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = hf_config
         qkv_bias = self.qkv_bias or getattr(hf_config, "attention_bias", False)
-        self.model = LlamaModel(hf_config, qkv_bias, self.qk_norm, dtype)
+        quant = CheckpointQuantization.from_config(getattr(hf_config, "quantization_config", None))
+        self.model = LlamaModel(hf_config, qkv_bias, self.qk_norm, dtype, quant)
         self.tie_word_embeddings = bool(getattr(hf_config, "tie_word_embeddings", False))
         if not self.tie_word_embeddings:
-            self.lm_head = plain_linear(hf_config.hidden_size, hf_config.vocab_size, dtype=dtype)
+            if quant is not None and quant.for_modules(["lm_head"]) is not None:
+                raise ValueError("a quantized lm_head is not supported; keep it in the checkpoint's `ignore` list")
+            self.lm_head = Linear(hf_config.hidden_size, {"": hf_config.vocab_size}, dtype=dtype)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions [T] -> hidden states [T, hidden]"""
@@ -127,7 +146,8 @@ class LlamaForCausalLM(nn.Module):
         return nn.functional.linear(hidden, weight).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load HF-named checkpoint tensors, fusing q/k/v and gate/up; fail loudly on anything missing."""
+        """Load HF-named checkpoint tensors (quantized ones included), fusing q/k/v and gate/up; fail loudly
+        on anything missing. Then let each Linear's method repack what it loaded."""
         modules = dict(self.named_modules())
         params = dict(self.named_parameters())
         loaded: set[str] = set()
@@ -140,6 +160,9 @@ class LlamaForCausalLM(nn.Module):
                 fused, shard_id = FUSED_MODULES[leaf]
                 modules[f"{parent}.{fused}"].load_shard(param_name, tensor, shard_id)
                 loaded.add(f"{parent}.{fused}.{param_name}")
+            elif isinstance(modules.get(module_path), Linear):
+                modules[module_path].load_shard(param_name, tensor)
+                loaded.add(name)
             elif name in params:
                 if params[name].shape != tensor.shape:
                     raise ValueError(
@@ -153,6 +176,7 @@ class LlamaForCausalLM(nn.Module):
         missing = sorted(set(params) - loaded)
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}")
+        finish_loading(self)
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):

@@ -105,13 +105,14 @@ class ModelSource:
 
 
 def load_model_source(
-    model: str | None = None, *, tokenizer: str | None = None, revision: str | None = None
+    model: str | None = None, *, tokenizer: str | None = None, revision: str | None = None, load_format: str = "auto"
 ) -> ModelSource:
     """Resolve `model` (None: the default GGUF model; a local HF folder; a .gguf file; a Hub id) and load
-    everything but the weights. `tokenizer` names another tokenizer (folder or Hub id) to use instead."""
+    everything but the weights. `tokenizer` names another tokenizer (folder or Hub id) to use instead.
+    load_format "dummy": a folder needs only config.json and a tokenizer; the weights will be random."""
     path = _resolve(model, revision)
     if os.path.isdir(path):
-        return _folder_source(path, tokenizer)
+        return _folder_source(path, tokenizer, load_format == "dummy")
     return _gguf_source(path, tokenizer)
 
 
@@ -143,14 +144,14 @@ def _gguf_source(path: str, tokenizer: str | None) -> ModelSource:
     return ModelSource(path, hf_config, tok, gguf_generation_config(reader), weights)
 
 
-def _folder_source(folder: str, tokenizer: str | None) -> ModelSource:
+def _folder_source(folder: str, tokenizer: str | None, config_only: bool = False) -> ModelSource:
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
         ggufs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "*.gguf")))
         hint = f"; it holds GGUF files, pass one of them instead: {', '.join(ggufs)}" if ggufs else ""
         raise ModelLoadError(f"{folder}: no config.json, so this is not a Hugging Face model folder{hint}")
     _check_architectures(_read_json(config_path).get("architectures"), config_path)
-    tensor_names = _stored_tensor_names(folder)
+    tensor_names = set() if config_only else _stored_tensor_names(folder)
     hf_config = _load_config(folder)
     _complete_config(hf_config, tensor_names, folder)
     generation_path = os.path.join(folder, "generation_config.json")
@@ -196,7 +197,7 @@ def _complete_config(hf_config: PretrainedConfig, tensor_names: set[str], folder
     checkpoint has no lm_head (transformers would otherwise start one from random values)."""
     if getattr(hf_config, "head_dim", None) is None:
         hf_config.head_dim = hf_config.hidden_size // hf_config.num_attention_heads
-    if "lm_head.weight" not in tensor_names and not hf_config.tie_word_embeddings:
+    if tensor_names and "lm_head.weight" not in tensor_names and not hf_config.tie_word_embeddings:
         logger.warning("%s: no lm_head.weight although tie_word_embeddings is false; tying to the embeddings", folder)
         hf_config.tie_word_embeddings = True
 

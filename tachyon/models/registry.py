@@ -4,11 +4,12 @@ and loads one. The model runner calls `create_model`."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections import Counter
 
 import torch
 from torch import nn
 
+from tachyon.layers.linear import Linear, finish_loading
 from tachyon.models.llama import LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -29,12 +30,47 @@ def model_class_for(hf_config) -> type[nn.Module]:
     raise ValueError(f"unsupported architecture {archs}; supported: {sorted(MODEL_REGISTRY)}")
 
 
-def create_model(source, dtype: torch.dtype, device: torch.device, weights: Iterable | None = None) -> nn.Module:
-    """Build the model for `source` (a ModelSource) directly on `device` and load its weights
-    (`weights` overrides the source's own stream, e.g. with dequantized tensors)."""
+def create_model(source, dtype: torch.dtype, device: torch.device, load_format: str = "auto") -> nn.Module:
+    """Build the model for `source` (a ModelSource) directly on `device` and load its weights. load_format
+    "dummy" fills them with random values instead, for speed and memory measurements of a model's shape."""
     cls = model_class_for(source.hf_config)
     with torch.device(device):
         model = cls(source.hf_config, dtype)
-    model.load_weights(weights if weights is not None else source.iter_weights())
-    logger.info("Loaded %s (%s) in %s on %s", source.path, cls.__name__, dtype, device)
+    if load_format == "dummy":
+        _randomize(model)
+        finish_loading(model)
+        logger.warning(
+            "Random weights (load_format=dummy) for %s (%s): outputs are meaningless", source.path, cls.__name__
+        )
+    else:
+        model.load_weights(source.iter_weights())
+        logger.info("Loaded %s (%s) in %s on %s", source.path, cls.__name__, dtype, device)
+    _log_linear_kernels(model)
     return model.eval()
+
+
+@torch.no_grad()
+def _randomize(model: nn.Module) -> None:
+    """Norm scales 1, biases 0, matrices N(0, 0.02): activations stay in range, as in a trained model.
+    Quantized weights get random codes and scales that put them in the same range."""
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(0)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.fill_(1.0)
+        elif name.endswith("bias") or name.endswith("zero_point"):
+            p.zero_()
+        elif name.endswith("_scale"):
+            p.fill_(0.02 / 4)  # int8 codes of std ~4 or fp8 values of std ~4
+        elif p.dtype == torch.int32:  # packed codes: every bit pattern is valid
+            p.random_(generator=generator)
+        elif p.dtype.is_floating_point and p.element_size() > 1:
+            p.normal_(0.0, 0.02, generator=generator)
+        else:  # int8 codes, fp8 values
+            p.copy_(torch.randn(p.shape, generator=generator, device=p.device).mul_(4).clamp_(-127, 127).round_())
+
+
+def _log_linear_kernels(model: nn.Module) -> None:
+    """Say which kernel runs the quantized Linears (nothing for a dense model)."""
+    kernels = Counter(m.method.kernel for m in model.modules() if isinstance(m, Linear))
+    if set(kernels) != {"dense"}:
+        logger.info("Linear layers: %s", "; ".join(f"{n} x {kernel}" for kernel, n in kernels.items()))

@@ -17,6 +17,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from safetensors import safe_open
@@ -24,12 +25,84 @@ from safetensors import safe_open
 from tachyon.quantization.quantize import compute_qparams, dequantize, pack_int32, quantize, unpack_int32
 from tachyon.quantization.schemes import QuantArgs, QuantScheme
 
-__all__ = ["QUANT_METHOD", "compress_weight", "decompress", "decompress_module", "quantization_config"]
+__all__ = [
+    "QUANT_METHOD",
+    "CheckpointQuantization",
+    "LinearQuantization",
+    "compress_weight",
+    "decompress",
+    "decompress_module",
+    "quantization_config",
+]
 
 QUANT_METHOD = "compressed-tensors"
 _FORMATS = ("pack-quantized", "int-quantized", "float-quantized", "naive-quantized")
 _SUFFIXES = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight")
 _RUNTIME_SUFFIXES = ("input_scale", "input_zero_point", "output_scale", "output_zero_point", "weight_g_idx")
+
+
+@dataclass(frozen=True)
+class LinearQuantization:
+    """How one Linear of a checkpoint is stored and run: its weight args, its input-activation args
+    (None: weight-only), and the tensor format (`pack-quantized`, `int-quantized`, `float-quantized`)."""
+
+    weights: QuantArgs
+    input_activations: QuantArgs | None
+    format: str
+
+
+@dataclass(frozen=True)
+class CheckpointQuantization:
+    """A checkpoint's `quantization_config`, resolved per module: `for_modules` gives the engine the scheme of
+    each Linear (or None for the ones left dense: `ignore`d or targeted by no group)."""
+
+    groups: tuple[tuple[tuple[str, ...], LinearQuantization], ...]
+    ignore: tuple[str, ...]
+
+    @classmethod
+    def from_config(cls, config: dict | None) -> CheckpointQuantization | None:
+        """None for a dense checkpoint; a clear error for a method or format the engine cannot run."""
+        if not config:
+            return None
+        if config.get("quant_method") != QUANT_METHOD:
+            method = config.get("quant_method")
+            raise ValueError(f"quantization method {method!r} is not supported; only {QUANT_METHOD}")
+        if (config.get("sparsity_config") or {}).get("format", "dense") != "dense":
+            raise ValueError("sparse compressed-tensors checkpoints (sparsity_config) are not supported yet")
+        if config.get("kv_cache_scheme"):
+            raise ValueError("checkpoints with a kv_cache_scheme are not supported yet")
+        groups = []
+        for name, group in config.get("config_groups", {}).items():
+            fmt = group.get("format") or config.get("format")
+            if fmt not in _FORMATS:
+                raise ValueError(f"config group {name}: format {fmt!r} is not supported; supported: {_FORMATS}")
+            if group.get("output_activations"):
+                raise ValueError(f"config group {name}: output activation quantization is not supported")
+            inputs = group.get("input_activations")
+            scheme = LinearQuantization(
+                QuantArgs.from_config(group["weights"]), QuantArgs.from_config(inputs) if inputs else None, fmt
+            )
+            groups.append((tuple(group.get("targets", ())), scheme))
+        return cls(tuple(groups), tuple(config.get("ignore") or ()))
+
+    def for_modules(self, names: list[str]) -> LinearQuantization | None:
+        """The scheme of a Linear that fuses the checkpoint modules `names` (q/k/v, gate/up): they must agree."""
+        schemes = {self._for_module(name) for name in names}
+        if len(schemes) > 1:
+            raise ValueError(f"{names} are fused into one matmul but quantized differently: {schemes}")
+        return schemes.pop()
+
+    def _for_module(self, name: str) -> LinearQuantization | None:
+        if any(_matches(target, name) for target in self.ignore):
+            return None
+        named = (scheme for targets, scheme in self.groups if any(_matches(t, name) for t in targets if t != "Linear"))
+        by_type = (scheme for targets, scheme in self.groups if "Linear" in targets)
+        return next(named, None) or next(by_type, None)
+
+
+def _matches(target: str, name: str) -> bool:
+    """compressed-tensors' target syntax: an exact module name, or `re:<regex>` matched from the start."""
+    return target == name or (target.startswith("re:") and re.match(target[3:], name) is not None)
 
 
 def quantization_config(scheme: QuantScheme, ignore: list[str] | tuple[str, ...] = ("lm_head",)) -> dict:
@@ -132,9 +205,8 @@ def _quantized_modules(files: dict[str, str]) -> set[str]:
 def _match_group(module: str, groups: list[tuple[list[str], dict, str]]) -> tuple[list[str], dict, str]:
     """The config group whose targets name `module` (exact name or `re:` regex) else the one targeting Linear."""
     for targets, group, fmt in groups:
-        for target in targets:
-            if target == module or (target.startswith("re:") and re.match(target[3:], module)):
-                return targets, group, fmt
+        if any(_matches(target, module) for target in targets):
+            return targets, group, fmt
     for targets, group, fmt in groups:
         if "Linear" in targets:
             return targets, group, fmt

@@ -12,6 +12,7 @@ are all the same shape of work.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,6 +26,9 @@ class AttentionMetadata:
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
     block_size: int
+    # what the backend derives from the fields above (tile map, gather indices): built by the first
+    # layer, reused by the rest, and alive as long as this metadata (CUDA graphs replay against it)
+    plan: Any = None
 
     @property
     def max_query_len(self) -> int:

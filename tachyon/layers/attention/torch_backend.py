@@ -74,19 +74,15 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
-    def __init__(self) -> None:
-        self._plan_for: AttentionMetadata | None = None
-        self._plan: list[_Group] = []
-
     def forward(self, query, key, value, kv_cache, meta, scale):
         write_kv_cache(key, value, kv_cache, meta.slot_mapping)
-        if self._plan_for is not meta:
-            self._plan, self._plan_for = _build_plan(meta, query.device), meta
+        if meta.plan is None:
+            meta.plan = _build_plan(meta, query.device)
         flat = kv_cache.flatten(1, 2)  # [2, num_slots, H_kv, D]
         num_kv_heads, head_dim = flat.shape[-2:]
         group_size = query.shape[1] // num_kv_heads
         out = torch.empty_like(query)
-        for g in self._plan:
+        for g in meta.plan:
             G, q_len, k_len = g.num_seqs, g.q_len, g.k_len
             q = query.index_select(0, g.token_idx).view(G, q_len, num_kv_heads, group_size, head_dim)
             q = q.permute(0, 2, 1, 3, 4).reshape(G, num_kv_heads, q_len * group_size, head_dim)
