@@ -38,6 +38,7 @@ class EngineConfig:
     kv_cache_memory: int | None = None  # bytes for the KV pool on CPU (default 2 GiB)
     gpu_memory_utilization: float = 0.9
     attention_backend: str = "auto"
+    kv_cache_dtype: str = "auto"  # "fp8" | "int8": 8-bit keys/values with per-(token, head) scales
     enforce_eager: bool = False  # no CUDA graphs (GPU only)
     load_format: str = "auto"  # "dummy": random weights of the model's shape (benchmarks)
     scheduling_policy: str = "fcfs"
@@ -54,6 +55,8 @@ class EngineConfig:
             raise ValueError(f"--block-size must be a power of two, got {self.block_size}")
         if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
             raise ValueError(f"--kv-cache-memory must be positive bytes, got {self.kv_cache_memory}")
+        if self.kv_cache_dtype not in ("auto", "fp8", "int8"):
+            raise ValueError(f"--kv-cache-dtype must be auto, fp8 or int8, got {self.kv_cache_dtype!r}")
         if self.load_format not in ("auto", "dummy"):
             raise ValueError(f"--load-format must be auto or dummy, got {self.load_format!r}")
         if self.max_model_len is not None and self.max_model_len < 2:

@@ -86,9 +86,11 @@ class LLMEngine:
         )
         num_tokens = num_blocks * config.block_size
         logger.info(
-            "KV cache: %d blocks = %d tokens; max concurrency %.2f at max_model_len %d",
+            "KV cache: %d blocks = %d tokens (%s, %d bytes per token); max concurrency %.2f at max_model_len %d",
             num_blocks,
             num_tokens,
+            config.kv_cache_dtype if config.kv_cache_dtype != "auto" else str(self.runner.dtype).removeprefix("torch."),
+            self.runner.kv_bytes_per_block // config.block_size,
             num_tokens / self.max_model_len,
             self.max_model_len,
         )

@@ -17,6 +17,7 @@ from tachyon.engine.outputs import PositionLogprobs
 from tachyon.engine.sampler import Sampler, SamplingMetadata, prompt_logprobs
 from tachyon.engine.scheduler import ScheduledRequest, SchedulerOutput
 from tachyon.layers.attention.backend import create_attention_backend
+from tachyon.layers.attention.kv_quant import KV_CACHE_DTYPES, SCALE_DTYPE, kv_bytes_per_head
 from tachyon.layers.attention.layer import PagedAttention
 from tachyon.layers.attention.metadata import AttentionMetadata
 from tachyon.models.registry import create_model
@@ -41,7 +42,12 @@ class ModelRunner:
         self.model = create_model(source, dtype, device, load_format=config.load_format)
         self.vocab_size = source.hf_config.vocab_size
         self.attn_layers = [m for m in self.model.modules() if isinstance(m, PagedAttention)]
-        self.backend = create_attention_backend(config.attention_backend, device)
+        self.kv_dtype = KV_CACHE_DTYPES.get(config.kv_cache_dtype)  # None: the model dtype
+        backend = config.attention_backend
+        if self.kv_dtype is not None and backend != "torch":
+            logger.warning("--kv-cache-dtype %s runs on the torch attention backend", config.kv_cache_dtype)
+            backend = "torch"
+        self.backend = create_attention_backend(backend, device)
         logger.info("Attention backend: %s", self.backend.name)
         for layer in self.attn_layers:
             layer.backend = self.backend
@@ -56,8 +62,8 @@ class ModelRunner:
     @property
     def kv_bytes_per_block(self) -> int:
         a = self.attn_layers[0]
-        elem = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * len(self.attn_layers) * self.block_size * a.num_kv_heads * a.head_dim * elem
+        per_head = kv_bytes_per_head(a.head_dim, self.dtype, self.kv_dtype)
+        return 2 * len(self.attn_layers) * self.block_size * a.num_kv_heads * per_head
 
     def kv_budget_bytes(self) -> int:
         if self.device.type == "cpu":
@@ -86,7 +92,7 @@ class ModelRunner:
         peak = torch.cuda.max_memory_allocated(self.device)
         graphs = self._profile_decode_graph_memory() if self.use_cuda_graphs else 0
         for layer in self.attn_layers:  # drop the throwaway cache
-            layer.kv_cache = None
+            layer.kv_cache = layer.kv_scales = None
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(self.device)
         in_use_elsewhere = total - free - torch.cuda.memory_reserved(self.device)
@@ -126,7 +132,9 @@ class ModelRunner:
         a = self.attn_layers[0]
         shape = (2, num_blocks, self.block_size, a.num_kv_heads, a.head_dim)
         for layer in self.attn_layers:
-            layer.kv_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            layer.kv_cache = torch.zeros(shape, dtype=self.kv_dtype or self.dtype, device=self.device)
+            if self.kv_dtype is not None:
+                layer.kv_scales = torch.ones(shape[:-1], dtype=SCALE_DTYPE, device=self.device)
 
     # ---- one step ----------------------------------------------------------------------------
     @torch.inference_mode()

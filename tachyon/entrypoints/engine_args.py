@@ -56,6 +56,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--attention-backend", default="auto", help="auto, torch or triton")
     g.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=["auto", "fp8", "int8"],
+        help="auto: the model dtype; fp8 (e4m3) or int8: 8-bit keys and values with a scale per token and head, "
+        "about twice the tokens in the same memory",
+    )
+    g.add_argument(
         "--load-format",
         default="auto",
         choices=["auto", "dummy"],
@@ -89,6 +96,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         kv_cache_memory=args.kv_cache_memory,
         gpu_memory_utilization=args.gpu_memory_utilization,
         attention_backend=args.attention_backend,
+        kv_cache_dtype=args.kv_cache_dtype,
         enforce_eager=args.enforce_eager,
         load_format=args.load_format,
         scheduling_policy=args.scheduling_policy,

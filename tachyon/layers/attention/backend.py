@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from tachyon.layers.attention.kv_quant import quantize_kv
 from tachyon.layers.attention.metadata import AttentionMetadata
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class AttentionBackend(ABC):
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
         meta: AttentionMetadata,
         scale: float,
+        kv_scales: torch.Tensor | None = None,  # [2, num_blocks, block_size, num_kv_heads]: 8-bit cache
     ) -> torch.Tensor:  # [T, num_heads, head_dim]
         ...
 
@@ -73,8 +75,22 @@ def create_attention_backend(name: str, device: torch.device) -> AttentionBacken
     return _BACKENDS[name]()
 
 
-def write_kv_cache(key: torch.Tensor, value: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    """Scatter the step's keys/values into their cache slots (shared by backends without a fused write)."""
+def write_kv_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    kv_scales: torch.Tensor | None = None,
+) -> None:
+    """Scatter the step's keys/values into their cache slots (shared by backends without a fused write);
+    an 8-bit cache gets codes and their per-(token, head) scales."""
     flat = kv_cache.flatten(1, 2)  # [2, num_blocks * block_size, num_kv_heads, head_dim]
-    flat[0].index_copy_(0, slot_mapping, key)
-    flat[1].index_copy_(0, slot_mapping, value)
+    if kv_scales is None:
+        flat[0].index_copy_(0, slot_mapping, key)
+        flat[1].index_copy_(0, slot_mapping, value)
+        return
+    scales = kv_scales.flatten(1, 2)  # [2, num_slots, num_kv_heads]
+    for i, x in enumerate((key, value)):
+        codes, scale = quantize_kv(x, kv_cache.dtype)
+        flat[i].view(torch.uint8).index_copy_(0, slot_mapping, codes.view(torch.uint8))  # fp8 has no index ops
+        scales[i].index_copy_(0, slot_mapping, scale)

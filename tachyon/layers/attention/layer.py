@@ -21,10 +21,11 @@ class PagedAttention(nn.Module):
         )
         self.backend: AttentionBackend | None = None
         self.kv_cache: torch.Tensor | None = None  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        self.kv_scales: torch.Tensor | None = None  # [2, num_blocks, block_size, num_kv_heads]: 8-bit cache only
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """q [T, H, D], k/v [T, H_kv, D] -> [T, H * D]"""
         if self.backend is None or self.kv_cache is None:
             raise RuntimeError("attention layer used before the model runner bound a backend and KV cache")
-        out = self.backend.forward(q, k, v, self.kv_cache, meta, self.scale)
+        out = self.backend.forward(q, k, v, self.kv_cache, meta, self.scale, self.kv_scales)
         return out.flatten(1)

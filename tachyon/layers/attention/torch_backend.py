@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from tachyon.layers.attention.backend import AttentionBackend, register_backend, write_kv_cache
+from tachyon.layers.attention.kv_quant import dequantize_kv
 from tachyon.layers.attention.metadata import AttentionMetadata
 
 
@@ -70,12 +71,21 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     return torch.matmul(scores.softmax(-1).to(v.dtype), v)
 
 
+def _gather(flat, kv_scales, i: int, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Rows (slot * H_kv + head) of keys (i=0) or values (i=1) -> [rows, D] in the model dtype."""
+    head_dim = flat.shape[-1]
+    if kv_scales is None:
+        return flat[i].view(-1, head_dim).index_select(0, rows)
+    codes = flat[i].view(torch.uint8).view(-1, head_dim).index_select(0, rows).view(flat.dtype)  # fp8: no index ops
+    return dequantize_kv(codes, kv_scales[i].reshape(-1).index_select(0, rows), dtype)
+
+
 @register_backend("torch")
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
-    def forward(self, query, key, value, kv_cache, meta, scale):
-        write_kv_cache(key, value, kv_cache, meta.slot_mapping)
+    def forward(self, query, key, value, kv_cache, meta, scale, kv_scales=None):
+        write_kv_cache(key, value, kv_cache, meta.slot_mapping, kv_scales)
         if meta.plan is None:
             meta.plan = _build_plan(meta, query.device)
         flat = kv_cache.flatten(1, 2)  # [2, num_slots, H_kv, D]
@@ -89,8 +99,8 @@ class TorchAttentionBackend(AttentionBackend):
             if g.kv_rows is None:  # gathering (slot, head) rows yields [G, H_kv, K, D] contiguous
                 heads = torch.arange(num_kv_heads, device=q.device)
                 g.kv_rows = (g.kv_slots.view(G, 1, k_len) * num_kv_heads + heads[None, :, None]).flatten()
-            k = flat[0].view(-1, head_dim).index_select(0, g.kv_rows).view(G, num_kv_heads, k_len, head_dim)
-            v = flat[1].view(-1, head_dim).index_select(0, g.kv_rows).view(G, num_kv_heads, k_len, head_dim)
+            k, v = (_gather(flat, kv_scales, i, g.kv_rows, query.dtype) for i in (0, 1))
+            k, v = k.view(G, num_kv_heads, k_len, head_dim), v.view(G, num_kv_heads, k_len, head_dim)
             if g.folded_bias is None:  # an additive mask is faster than a boolean one in CPU SDPA
                 bias = torch.zeros(g.mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~g.mask, float("-inf"))
                 g.folded_bias = bias.repeat_interleave(group_size, dim=2)

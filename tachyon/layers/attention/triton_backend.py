@@ -14,7 +14,9 @@ from tachyon.layers.attention.backend import AttentionBackend, register_backend
 class TritonAttentionBackend(AttentionBackend):
     name = "triton"
 
-    def forward(self, query, key, value, kv_cache, meta, scale):
+    def forward(self, query, key, value, kv_cache, meta, scale, kv_scales=None):
+        if kv_scales is not None:
+            raise NotImplementedError("the Triton backend has no 8-bit KV cache yet; the runner picks torch for it")
         write_kv(key, value, kv_cache, meta.slot_mapping)
         if meta.plan is None:  # the tile plan depends only on the step: the first layer builds it
             meta.plan = plan_tiles(meta, query.shape[1] // key.shape[1], query.device)
