@@ -1,6 +1,7 @@
-"""Data-free round-to-nearest (RTN) compression: every decoder Linear weight (q/k/v/o/gate/up/down) is
-quantized with a preset scheme and the model is written as a compressed-tensors checkpoint that vLLM,
-transformers and tachyon load. Users and the `tachyon compress` command call `compress_model`.
+"""Data-free compression: every decoder Linear weight (q/k/v/o/gate/up/down) is pruned to 2:4 by
+magnitude (optional), then quantized round-to-nearest (RTN) with a preset scheme (optional), and the model
+is written as a compressed-tensors checkpoint that vLLM, transformers and tachyon load. Users and the
+`tachyon compress` command call `compress_model`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -22,6 +23,7 @@ from tachyon.models.loader import ModelSource, load_model_source
 from tachyon.quantization.compressed_tensors import compress_weight, quantization_config
 from tachyon.quantization.quantize import check_group_size
 from tachyon.quantization.schemes import QuantScheme, create_scheme
+from tachyon.quantization.sparsity import prune_2_4, sparsity_config
 
 __all__ = ["compress_model", "is_decoder_linear"]
 
@@ -33,25 +35,36 @@ _NUM_LINEARS_PER_LAYER = 7
 
 def compress_model(
     model: str | None,
-    scheme: str,
+    scheme: str | None,
     output_dir: str,
     *,
+    sparsity: str | None = None,
     overwrite: bool = False,
     ignore: tuple[str, ...] | list[str] = ("lm_head",),
     group_size: int | None = None,
     dtype: torch.dtype | None = None,
 ) -> str:
-    """Quantize `model` (None: the default model; an HF folder, .gguf file or Hub id) with the preset
-    `scheme` and write it to `output_dir`; returns its absolute path. `ignore` lists modules (names or
-    `re:` patterns) kept dense; `group_size` overrides a grouped scheme's 128 (-1: per channel); `dtype`
-    casts dense tensors and scales (default: as stored). Embeddings and lm_head are never quantized."""
-    quant_scheme = _checked_scheme(scheme, group_size)
+    """Compress `model` (None: the default model; an HF folder, .gguf file or Hub id) with the preset
+    `scheme` and/or `sparsity` "2:4" and write it to `output_dir`; returns its absolute path. `ignore` lists
+    modules (names or `re:` patterns) left alone; `group_size` overrides a grouped scheme's 128 (-1: per
+    channel); `dtype` casts dense tensors and scales (default: as stored). Embeddings and lm_head are never
+    touched."""
+    if scheme is None and sparsity is None:
+        raise ValueError("nothing to do: give a quantization scheme, --sparsity 2:4, or both")
+    if sparsity not in (None, "2:4"):
+        raise ValueError(f"sparsity {sparsity!r} is not supported; supported: 2:4")
+    quant_scheme = _checked_scheme(scheme, group_size) if scheme is not None else None
     output_dir = os.path.abspath(output_dir)
     _check_target(output_dir, overwrite)
     source = load_model_source(model)
     _check_shapes(source.hf_config, quant_scheme)
-    config = quantization_config(quant_scheme, ignore)
-    weights = _compressed_weights(source, quant_scheme, ignore, dtype)
+    stats = {"zeros": 0, "total": 0}
+    weights = _compressed_weights(source, quant_scheme, sparsity is not None, ignore, dtype, stats)
+
+    def config() -> dict:  # after the weights are written: the sparsity share is known then
+        sparse = sparsity_config(ignore, stats["zeros"] / max(stats["total"], 1)) if sparsity else None
+        return quantization_config(quant_scheme, ignore, sparse)
+
     return _save_atomically(source, config, weights, output_dir, dtype)
 
 
@@ -71,9 +84,9 @@ def _checked_scheme(name: str, group_size: int | None) -> QuantScheme:
     return scheme
 
 
-def _check_shapes(hf_config: PretrainedConfig, scheme: QuantScheme) -> None:
+def _check_shapes(hf_config: PretrainedConfig, scheme: QuantScheme | None) -> None:
     """Refuse a group size that does not divide every Linear's in_features, before any work."""
-    if scheme.weights.strategy != "group":
+    if scheme is None or scheme.weights.strategy != "group":
         return
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
     in_features = {
@@ -86,12 +99,19 @@ def _check_shapes(hf_config: PretrainedConfig, scheme: QuantScheme) -> None:
 
 
 def _compressed_weights(
-    source: ModelSource, scheme: QuantScheme, ignore: tuple[str, ...] | list[str], dtype: torch.dtype | None
+    source: ModelSource,
+    scheme: QuantScheme | None,
+    prune: bool,
+    ignore: tuple[str, ...] | list[str],
+    dtype: torch.dtype | None,
+    stats: dict[str, int],
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The checkpoint's tensors, one at a time: decoder Linears compressed, everything else as stored."""
+    """The checkpoint's tensors, one at a time: decoder Linears pruned and/or quantized, everything else as
+    stored. Counts the pruned Linears' zeros into `stats`."""
     num_layers = source.hf_config.num_hidden_layers
     done: dict[str, int] = {}  # layer index -> Linears compressed
-    with tqdm(total=num_layers, desc=f"RTN {scheme.name}", unit="layer") as progress:
+    desc = " + ".join(([scheme.name] if scheme else []) + (["2:4"] if prune else []))
+    with tqdm(total=num_layers, desc=f"RTN {desc}", unit="layer") as progress:
         for name, tensor in source.iter_weights():
             if dtype is not None and tensor.is_floating_point():
                 tensor = tensor.to(dtype)
@@ -99,7 +119,12 @@ def _compressed_weights(
             if not (name.endswith(".weight") and is_decoder_linear(module, ignore)):
                 yield name, tensor
                 continue
-            for suffix, value in compress_weight(tensor, scheme).items():
+            if prune:
+                tensor = prune_2_4(tensor)
+                stats["zeros"] += int((tensor == 0).sum())
+                stats["total"] += tensor.numel()
+            stored = compress_weight(tensor, scheme) if scheme is not None else {"weight": tensor}
+            for suffix, value in stored.items():
                 yield f"{module}.{suffix}", value
             layer = _DECODER_LINEAR.fullmatch(module).group(1)
             done[layer] = done.get(layer, 0) + 1
@@ -109,7 +134,7 @@ def _compressed_weights(
 
 def _save_atomically(
     source: ModelSource,
-    config: dict,
+    config: Callable[[], dict],
     weights: Iterator[tuple[str, torch.Tensor]],
     output_dir: str,
     dtype: torch.dtype | None,
@@ -122,7 +147,7 @@ def _save_atomically(
     try:
         os.chmod(partial, 0o755)
         write_safetensors(weights, partial, DEFAULT_MAX_SHARD_BYTES)
-        _write_config(source.hf_config, config, partial, dtype)
+        _write_config(source.hf_config, config(), partial, dtype)
         source.tokenizer.save_pretrained(partial)
         GenerationConfig(**source.generation_config).save_pretrained(partial)
         if os.path.isdir(output_dir):

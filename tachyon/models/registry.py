@@ -11,6 +11,7 @@ from torch import nn
 
 from tachyon.layers.linear import Linear, finish_loading
 from tachyon.models.llama import LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
+from tachyon.quantization.sparsity import SPARSE_24_BITMASK, densify_sparse_24
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def create_model(source, dtype: torch.dtype, device: torch.device, load_format: 
             "Random weights (load_format=dummy) for %s (%s): outputs are meaningless", source.path, cls.__name__
         )
     else:
-        model.load_weights(source.iter_weights())
+        model.load_weights(_checkpoint_weights(source))
         logger.info("Loaded %s (%s) in %s on %s", source.path, cls.__name__, dtype, device)
     _log_linear_kernels(model)
     return model.eval()
@@ -67,6 +68,14 @@ def _randomize(model: nn.Module) -> None:
             p.normal_(0.0, 0.02, generator=generator)
         else:  # int8 codes, fp8 values
             p.copy_(torch.randn(p.shape, generator=generator, device=p.device).mul_(4).clamp_(-127, 127).round_())
+
+
+def _checkpoint_weights(source):
+    """The source's weight stream, legacy sparse-24-bitmask modules turned back into plain `<m>.weight`."""
+    sparsity = (getattr(source.hf_config, "quantization_config", None) or {}).get("sparsity_config") or {}
+    if sparsity.get("format") == SPARSE_24_BITMASK:
+        return densify_sparse_24(source.iter_weights())
+    return source.iter_weights()
 
 
 def _log_linear_kernels(model: nn.Module) -> None:

@@ -24,6 +24,7 @@ from safetensors import safe_open
 
 from tachyon.quantization.quantize import compute_qparams, dequantize, pack_int32, quantize, unpack_int32
 from tachyon.quantization.schemes import QuantArgs, QuantScheme
+from tachyon.quantization.sparsity import SPARSE_24_BITMASK
 
 __all__ = [
     "QUANT_METHOD",
@@ -67,8 +68,11 @@ class CheckpointQuantization:
         if config.get("quant_method") != QUANT_METHOD:
             method = config.get("quant_method")
             raise ValueError(f"quantization method {method!r} is not supported; only {QUANT_METHOD}")
-        if (config.get("sparsity_config") or {}).get("format", "dense") != "dense":
-            raise ValueError("sparse compressed-tensors checkpoints (sparsity_config) are not supported yet")
+        sparse_format = (config.get("sparsity_config") or {}).get("format", "dense")
+        if sparse_format not in ("dense", SPARSE_24_BITMASK):
+            raise ValueError(
+                f"sparsity format {sparse_format!r} is not supported; supported: dense, {SPARSE_24_BITMASK}"
+            )
         if config.get("kv_cache_scheme"):
             raise ValueError("checkpoints with a kv_cache_scheme are not supported yet")
         groups = []
@@ -105,23 +109,25 @@ def _matches(target: str, name: str) -> bool:
     return target == name or (target.startswith("re:") and re.match(target[3:], name) is not None)
 
 
-def quantization_config(scheme: QuantScheme, ignore: list[str] | tuple[str, ...] = ("lm_head",)) -> dict:
-    """The config.json `quantization_config` of a checkpoint compressed with `scheme`."""
-    inputs = scheme.input_activations
-    group = {
-        "targets": ["Linear"],
-        "weights": scheme.weights.to_config(),
-        "input_activations": inputs.to_config() if inputs else None,
-        "output_activations": None,
-    }
-    return {
-        "quant_method": QUANT_METHOD,
-        "format": scheme.format,
-        "config_groups": {"group_0": group},
-        "ignore": list(ignore),
-        "quantization_status": "compressed",
-        "kv_cache_scheme": None,
-    }
+def quantization_config(
+    scheme: QuantScheme | None, ignore: list[str] | tuple[str, ...] = ("lm_head",), sparsity: dict | None = None
+) -> dict:
+    """The config.json `quantization_config` of a checkpoint compressed with `scheme` (None: weights kept dense)
+    and, for 2:4 sparse weights, the `sparsity_config` from `tachyon.quantization.sparsity`."""
+    config: dict = {"quant_method": QUANT_METHOD, "format": "dense", "config_groups": {}}
+    if scheme is not None:
+        inputs = scheme.input_activations
+        group = {
+            "targets": ["Linear"],
+            "weights": scheme.weights.to_config(),
+            "input_activations": inputs.to_config() if inputs else None,
+            "output_activations": None,
+        }
+        config.update(format=scheme.format, config_groups={"group_0": group})
+    config.update(ignore=list(ignore), quantization_status="compressed", kv_cache_scheme=None)
+    if sparsity is not None:
+        config["sparsity_config"] = sparsity
+    return config
 
 
 def compress_weight(weight: torch.Tensor, scheme: QuantScheme) -> dict[str, torch.Tensor]:
