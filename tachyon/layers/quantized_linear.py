@@ -8,8 +8,8 @@
   `torch._scaled_mm` on CUDA GPUs of compute capability 8.9+. Elsewhere the weights are dequantized once
   at load and the activations fake-quantized (quantize, dequantize) per call, as HF transformers does:
   the same numbers, without an fp8 GEMM.
-- Weight-only integers (W4A16, W8A16, asymmetric too; pack-quantized): dequantized once at load into
-  dense weights for the regular matmul (the fused W4A16 kernel is a later step).
+- Weight-only integers (W4A16, W8A16, asymmetric too; pack-quantized): on CUDA kept packed and run by a
+  fused Triton dequant-GEMM (`tachyon.kernels.quant_gemm`); elsewhere dequantized once at load.
 
 Shards (q/k/v, gate/up) stack along the output dim; per-tensor scales become one scale per output row so
 that shards with different scales share one matmul, and a static input scale is the largest of the shards'.
@@ -152,13 +152,19 @@ class Fp8Method(LinearMethod):
 
 
 class WeightOnlyIntMethod(LinearMethod):
-    """pack-quantized integer weights (per group or channel, zero points for asymmetric ones), unpacked and
-    dequantized once at load: activations stay in the model dtype, so this is the dense matmul."""
+    """pack-quantized integer weights (per group or channel, zero points for asymmetric ones); activations
+    stay in the model dtype. On CUDA the weights stay packed and a Triton kernel dequantizes them in
+    registers inside the GEMM (a 4-bit decode reads a quarter of bf16's bytes); elsewhere, or for weights
+    the kernel does not cover, they are dequantized once at load for the dense matmul."""
 
     kernel = "weights dequantized at load, dense matmul"
 
-    def __init__(self, args: QuantArgs) -> None:
+    def __init__(self, args: QuantArgs, fused: bool | None = None) -> None:
+        """`fused`: the Triton kernel (True), dequantize at load (False), or decide from the layer's device at
+        load (None). True on CPU tensors needs TRITON_INTERPRET=1: the tests run the kernel that way."""
         self.args = args
+        self.fused = fused
+        self.group_size = args.group_size if args.strategy == "group" else None
 
     def create_weights(self, layer: Linear, dtype: torch.dtype) -> None:
         self.dtype = dtype
@@ -181,6 +187,44 @@ class WeightOnlyIntMethod(LinearMethod):
         copy_rows(layer, getattr(layer, param_name), param_name, loaded, shard_id)
 
     def process_weights_after_loading(self, layer: Linear) -> None:
+        on_cuda = layer.weight_packed.device.type == "cuda"
+        reason = self._unfused_reason() if self.fused or (self.fused is None and on_cuda) else None
+        if self.fused and reason is not None:
+            raise ValueError(f"the fused W{self.args.num_bits}A16 kernel cannot run this layer: {reason}")
+        if self.fused is None:
+            self.fused = on_cuda and reason is None
+        if self.fused:
+            self._keep_packed(layer)
+            return
+        self._dequantize(layer)
+        if reason is not None:  # a CUDA layer the kernel misses: the start-up log says why
+            self.kernel = f"{WeightOnlyIntMethod.kernel} ({reason})"
+
+    def _unfused_reason(self) -> str | None:
+        """Why the fused kernel cannot run these weights (None: it can)."""
+        try:
+            from tachyon.kernels.quant_gemm import can_run
+        except ImportError:
+            return "triton is not installed"
+        if self.args.strategy not in ("group", "channel") or not can_run(self.args.num_bits, self.group_size):
+            return f"no fused kernel for {self.args.num_bits}-bit weights per {self.args.strategy} {self.group_size}"
+        return None
+
+    def _keep_packed(self, layer: Linear) -> None:
+        from tachyon.kernels.quant_gemm import kernel_layout, quant_gemm
+
+        zero_point = getattr(layer, "weight_zero_point", None)
+        words, scale, zero_point = kernel_layout(
+            layer.weight_packed.data, layer.weight_scale.data, None if zero_point is None else zero_point.data
+        )
+        layer.weight_packed, layer.weight_scale = frozen(words), frozen(scale)  # [K/P, N], [groups, N]
+        if zero_point is not None:
+            layer.weight_zero_point = frozen(zero_point)
+        self.gemm = quant_gemm
+        per = f"group {self.group_size}" if self.group_size else "channel"
+        self.kernel = f"Triton W{self.args.num_bits}A16 GEMM, weights dequantized in registers (per {per})"
+
+    def _dequantize(self, layer: Linear) -> None:
         q = unpack_int32(layer.weight_packed.data.cpu(), self.args.num_bits, layer.input_size)
         zero_point = getattr(layer, "weight_zero_point", None)
         zero_point = None if zero_point is None else zero_point.data.cpu()
@@ -189,3 +233,13 @@ class WeightOnlyIntMethod(LinearMethod):
         del layer.weight_packed, layer.weight_scale
         if zero_point is not None:
             del layer.weight_zero_point
+
+    def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused:
+            return F.linear(x, layer.weight, layer.bias)
+        rows = x.reshape(-1, x.shape[-1])
+        zero_point = getattr(layer, "weight_zero_point", None)
+        y = self.gemm(rows, layer.weight_packed, layer.weight_scale, zero_point, self.args.num_bits, self.group_size)
+        if layer.bias is not None:
+            y = y + layer.bias
+        return y.reshape(*x.shape[:-1], -1)

@@ -46,7 +46,7 @@ def _hf(folder: str):
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
 
 
-@pytest.mark.parametrize("scheme", ["W8A16", "W4A16"])
+@pytest.mark.parametrize("scheme", ["W4A16"])  # W8A16: same method, layer-tested
 def test_weight_only_greedy_agrees_with_hf(checkpoint, scheme):
     folder = checkpoint(scheme)
     ours = LLM(folder).generate(PROMPTS[:8], SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True))
