@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--ppl-tokens", type=int, default=1024, help="tokens of the corpus scored, one window")
     args = parser.parse_args()
     prompts = PROMPTS[:16]
-    text = open(args.corpus, encoding="utf-8").read() if args.corpus else " ".join(PROMPTS)
+    text = open(args.corpus, encoding="utf-8", errors="replace").read() if args.corpus else " ".join(PROMPTS)
     print("| checkpoint | Tachyon vs HF greedy | HF sdpa vs HF eager greedy | perplexity Tachyon / HF |")
     print("|---|---|---|---|")
     for folder in args.checkpoints:
