@@ -6,7 +6,10 @@ import argparse
 import logging
 import sys
 
+from tachyon.bench.cli import add_bench_parser
 from tachyon.entrypoints.engine_args import add_engine_args, engine_config_from_args
+from tachyon.evals.cli import add_eval_parser
+from tachyon.validate.cli import add_validate_parser
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -51,11 +54,16 @@ def _compress(args: argparse.Namespace) -> int:
     from tachyon.config import parse_dtype
 
     dtype = parse_dtype(args.dtype) if args.dtype else None
-    print(
-        compress_model(
-            args.model, args.scheme, args.output, overwrite=args.overwrite, group_size=args.group_size, dtype=dtype
-        )
+    folder = compress_model(
+        args.model,
+        args.scheme,
+        args.output,
+        sparsity=args.sparsity,
+        overwrite=args.overwrite,
+        group_size=args.group_size,
+        dtype=dtype,
     )
+    print(folder)
     return 0
 
 
@@ -64,11 +72,19 @@ def _add_compress_parser(sub) -> None:
 
     comp = sub.add_parser(
         "compress",
-        help="quantize a model's weights (round-to-nearest) into a "
+        help="quantize (round-to-nearest) and/or 2:4-prune a model's weights into a "
         "compressed-tensors checkpoint that Tachyon, vLLM and HF transformers load",
     )
     comp.add_argument("model", nargs="?", default=None, help="HF folder, .gguf file or hub id (default: SmolLM2-135M)")
-    comp.add_argument("--scheme", required=True, help=f"quantization preset: {', '.join(supported_schemes())}")
+    comp.add_argument(
+        "--scheme", default=None, help=f"quantization preset: {', '.join(supported_schemes())} (omit: keep dense)"
+    )
+    comp.add_argument(
+        "--sparsity",
+        choices=["2:4"],
+        default=None,
+        help="prune every decoder Linear to 2:4 by magnitude (2 of each 4 consecutive inputs kept) before quantizing",
+    )
     comp.add_argument("--output", required=True, help="checkpoint folder to create (written atomically)")
     comp.add_argument(
         "--group-size",
@@ -153,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_convert)
     _add_serve_parser(sub)
     _add_compress_parser(sub)
+    add_bench_parser(sub)
+    add_eval_parser(sub)
+    add_validate_parser(sub)
     return parser
 
 
