@@ -185,7 +185,8 @@ def _add_data_args(g) -> None:
         "--data",
         default=None,
         help="prompts from a file instead of synthetic ones: .jsonl (a `prompt` field, optional "
-        "`output_tokens`), .csv (a `prompt` column, optional `output_tokens`) or .txt (one per line)",
+        "`output_tokens`), .csv (a `prompt` column, optional `output_tokens`), .txt (one per line), or "
+        "hf:NAME[:CONFIG[:SPLIT]], a Hugging Face dataset's prompt/text column (needs the network or its cache)",
     )
     g.add_argument(
         "--tokenizer",

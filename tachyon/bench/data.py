@@ -1,7 +1,7 @@
 """Request data for `tachyon bench`: synthetic prompts with exact token counts, or prompts read
-from a file (.jsonl, .csv, .txt). Token counts come from a `TokenCounter`: a local tokenizer
-(transformers) or the server's POST /tokenize. The runner prepares a list of `RequestSpec`s before
-the clock starts and the scheduler cycles through it.
+from a file (.jsonl, .csv, .txt) or a Hugging Face dataset (hf:NAME). Token counts come from a
+`TokenCounter`: a local tokenizer (transformers) or the server's POST /tokenize. The runner prepares
+a list of `RequestSpec`s before the clock starts and the scheduler cycles through it.
 
 Exact synthetic prompts: random common words are joined into a text; a binary search finds the
 most words whose token count stays within the target, then one-token words top it up. Words are
@@ -194,17 +194,40 @@ def load_file(path: str, output: TokenDist, seed: int = 0) -> list[RequestSpec]:
     """Prompts from a file. .jsonl: a `prompt` field and optional `output_tokens` per line; .csv: a
     `prompt` column (else the first) and optional `output_tokens`; .txt: one prompt per line. A row
     without output_tokens draws from --output-tokens; a row's own value is sent as it is."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--data {path}: no such file")
     rng = random.Random(seed)
-    ext = os.path.splitext(path)[1].lower()
-    readers = {".jsonl": _read_jsonl, ".csv": _read_csv, ".txt": _read_txt}
-    if ext not in readers:
-        raise ValueError(f"--data {path}: unsupported file type {ext!r}; use .jsonl, .csv or .txt")
-    rows = readers[ext](path)
+    if path.startswith("hf:"):
+        rows = _read_hf_dataset(path.removeprefix("hf:"))
+    else:
+        if not os.path.isfile(path):
+            raise ValueError(f"--data {path}: no such file")
+        ext = os.path.splitext(path)[1].lower()
+        readers = {".jsonl": _read_jsonl, ".csv": _read_csv, ".txt": _read_txt}
+        if ext not in readers:
+            raise ValueError(f"--data {path}: unsupported file type {ext!r}; use .jsonl, .csv, .txt or hf:NAME")
+        rows = readers[ext](path)
     if not rows:
         raise ValueError(f"--data {path}: no prompts in the file")
     return [RequestSpec(p, n if n is not None else output.sample(rng)) for p, n in rows]
+
+
+def _read_hf_dataset(spec: str) -> list[tuple[str, int | None]]:
+    """hf:NAME[:CONFIG[:SPLIT]] (split `train` by default; NAME may be a local folder of data files): the
+    `prompt` column, else `text`, else the first string column; `output_tokens` if the dataset has one."""
+    name, config, split = (spec.split(":") + [None, None])[:3]
+    try:
+        import datasets
+    except ImportError as e:
+        raise ValueError("--data hf:... needs the `datasets` package: pip install datasets") from e
+    try:
+        data = datasets.load_dataset(name, config or None, split=split or "train")
+    except Exception as e:  # offline, unknown name, config or split: all the user's to fix
+        raise ValueError(f"--data hf:{spec}: cannot load the dataset: {type(e).__name__}: {e}") from e
+    strings = [c for c, f in data.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
+    column = next((c for c in ("prompt", "text", *strings) if c in data.column_names), None)
+    if column is None:
+        raise ValueError(f"--data hf:{spec}: no text column (columns: {', '.join(data.column_names)})")
+    counts = data["output_tokens"] if "output_tokens" in data.column_names else [None] * len(data)
+    return [(p, None if n is None else int(n)) for p, n in zip(data[column], counts) if p]
 
 
 def _read_jsonl(path: str) -> list[tuple[str, int | None]]:

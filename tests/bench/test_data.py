@@ -100,3 +100,15 @@ def test_bad_files_get_a_clear_message(tmp_path, name, content, message):
         load_file(str(path), TokenDist("--output-tokens", 4))
     with pytest.raises(ValueError, match="no such file"):
         load_file(str(tmp_path / "missing.jsonl"), TokenDist("--output-tokens", 4))
+
+
+def test_hugging_face_dataset_by_name_from_a_local_folder(tmp_path):
+    """hf:NAME goes through `datasets.load_dataset`, which also takes a local folder of data files (no hub)."""
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    rows = [{"text": f"question {i}?", "output_tokens": 5 + i} for i in range(3)] + [{"text": "", "output_tokens": 1}]
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    specs = load_file(f"hf:{folder}", TokenDist("--output-tokens", 8))
+    assert [(s.prompt, s.output_tokens) for s in specs] == [(f"question {i}?", 5 + i) for i in range(3)]
+    with pytest.raises(ValueError, match="cannot load the dataset"):
+        load_file(f"hf:{tmp_path / 'missing'}", TokenDist("--output-tokens", 8))

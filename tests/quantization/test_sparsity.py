@@ -13,13 +13,13 @@ import torch
 from compressed_tensors.config import SparsityCompressionConfig
 from compressed_tensors.quantization import QuantizationConfig
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
 from tachyon import LLM, SamplingParams
 from tachyon.compress import compress_model
 from tachyon.quantization import decompress
 from tachyon.quantization.sparsity import densify_sparse_24, is_2_4_sparse, prune_2_4
-from tests.reference import hf_greedy
+from tests.reference import hf_greedy, save_tiny_model
 
 
 def test_prune_keeps_the_two_largest_of_every_four():
@@ -69,14 +69,8 @@ def tiny_dir(tmp_path_factory, model_dir) -> str:
         num_key_value_heads=2,
         tie_word_embeddings=True,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(8.0 if p.dim() > 1 else 1.0)
     folder = str(tmp_path_factory.mktemp("tiny") / "llama")
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(model_dir).save_pretrained(folder)
+    save_tiny_model(config, folder, AutoTokenizer.from_pretrained(model_dir))
     return folder
 
 
