@@ -61,7 +61,7 @@ def _quant_gemm_kernel(
     m_ok, n_ok = offs_m < M, offs_n < N
     shifts = tl.arange(0, PACK) * BITS  # [P] bit offset of each value in its word
     first = pid_k * k_tiles_per_split
-    last = tl.minimum(first + k_tiles_per_split, tl.cdiv(K, BLOCK_K))
+    last = tl.minimum(first + k_tiles_per_split, (K + BLOCK_K - 1) // BLOCK_K)  # no tl.cdiv: a nested jit fn
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for tile in range(first, last):
         offs_k = tile * BLOCK_K + tl.arange(0, BLOCK_K)
