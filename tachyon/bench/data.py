@@ -21,6 +21,8 @@ from typing import Protocol
 
 import httpx
 
+from tachyon.hf_datasets import load_hf_dataset
+
 WORDS = (
     "time year people way day man thing woman life child world school state family student group country "
     "problem hand part place case week company system program question work government number night point "
@@ -213,15 +215,7 @@ def load_file(path: str, output: TokenDist, seed: int = 0) -> list[RequestSpec]:
 def _read_hf_dataset(spec: str) -> list[tuple[str, int | None]]:
     """hf:NAME[:CONFIG[:SPLIT]] (split `train` by default; NAME may be a local folder of data files): the
     `prompt` column, else `text`, else the first string column; `output_tokens` if the dataset has one."""
-    name, config, split = (spec.split(":") + [None, None])[:3]
-    try:
-        import datasets
-    except ImportError as e:
-        raise ValueError("--data hf:... needs the `datasets` package: pip install datasets") from e
-    try:
-        data = datasets.load_dataset(name, config or None, split=split or "train")
-    except Exception as e:  # offline, unknown name, config or split: all the user's to fix
-        raise ValueError(f"--data hf:{spec}: cannot load the dataset: {type(e).__name__}: {e}") from e
+    data = load_hf_dataset(spec, default_split="train")
     strings = [c for c, f in data.features.items() if getattr(f, "dtype", None) in ("string", "large_string")]
     column = next((c for c in ("prompt", "text", *strings) if c in data.column_names), None)
     if column is None:

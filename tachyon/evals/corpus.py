@@ -15,6 +15,8 @@ import os
 import sys
 import zipfile
 
+from tachyon.hf_datasets import load_hf_dataset
+
 GENSIM_WHEEL = "gensim-4.4.0-*.whl"
 CORPUS_DIR_ENV = "TACHYON_CORPUS_DIR"
 CORPORA = {"lee": "lee.cor", "lee_background": "lee_background.cor"}
@@ -67,15 +69,7 @@ def hf_dataset_documents(spec: str) -> list[str]:
     """The `text` column of a Hugging Face dataset, one document per row (kept as is, empty rows too, as in
     HF's perplexity recipe); `spec` is NAME[:CONFIG[:SPLIT]], split `test` by default, e.g.
     `wikitext:wikitext-2-raw-v1:test`. NAME may be a local folder of data files."""
-    name, config, split = (spec.split(":") + [None, None])[:3]
-    try:
-        import datasets
-    except ImportError as e:
-        raise ValueError("hf: tasks need the `datasets` package: pip install datasets") from e
-    try:
-        data = datasets.load_dataset(name, config or None, split=split or "test")
-    except Exception as e:  # offline, unknown name, config or split: all the user's to fix
-        raise ValueError(f"cannot load Hugging Face dataset {spec!r}: {type(e).__name__}: {e}") from e
+    data = load_hf_dataset(spec, default_split="test")
     if TEXT_COLUMN not in data.column_names:
         raise ValueError(f"dataset {spec!r} has no {TEXT_COLUMN!r} column (columns: {', '.join(data.column_names)})")
     return list(data[TEXT_COLUMN])

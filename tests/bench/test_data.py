@@ -110,5 +110,5 @@ def test_hugging_face_dataset_by_name_from_a_local_folder(tmp_path):
     (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     specs = load_file(f"hf:{folder}", TokenDist("--output-tokens", 8))
     assert [(s.prompt, s.output_tokens) for s in specs] == [(f"question {i}?", 5 + i) for i in range(3)]
-    with pytest.raises(ValueError, match="cannot load the dataset"):
+    with pytest.raises(ValueError, match="cannot load Hugging Face dataset"):
         load_file(f"hf:{tmp_path / 'missing'}", TokenDist("--output-tokens", 8))
