@@ -9,6 +9,7 @@ import sys
 from tachyon.bench.cli import add_bench_parser
 from tachyon.entrypoints.engine_args import add_engine_args, engine_config_from_args
 from tachyon.evals.cli import add_eval_parser
+from tachyon.plan.cli import add_plan_parser
 from tachyon.validate.cli import add_validate_parser
 
 
@@ -50,50 +51,107 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from tachyon.compress import compress_model
+    from tachyon.compress import compress_model, oneshot
     from tachyon.config import parse_dtype
 
     dtype = parse_dtype(args.dtype) if args.dtype else None
-    folder = compress_model(
+    if args.recipe is None:
+        print(
+            compress_model(
+                args.model,
+                args.scheme,
+                args.output,
+                sparsity=args.sparsity,
+                overwrite=args.overwrite,
+                group_size=args.group_size,
+                dtype=dtype,
+            )
+        )
+        return 0
+    if args.scheme or args.sparsity or args.group_size:
+        raise ValueError("--recipe says what to do; --scheme, --sparsity and --group-size go into the recipe instead")
+    report = oneshot(
         args.model,
-        args.scheme,
-        args.output,
-        sparsity=args.sparsity,
+        args.recipe,
+        args.dataset,
+        output_dir=args.output,
+        num_calibration_samples=args.num_calibration_samples,
+        max_seq_length=args.max_seq_length,
         overwrite=args.overwrite,
-        group_size=args.group_size,
+        device=args.device,
         dtype=dtype,
+        pipeline=args.pipeline,
     )
-    print(folder)
+    print(report.output_dir)
+    print(
+        f"{report.num_calibration_samples} calibration samples ({report.num_calibration_tokens} tokens), "
+        f"{report.seconds:.1f} s, peak memory {report.peak_rss_bytes / 2**20:.0f} MiB",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _add_compress_parser(sub) -> None:
+    from tachyon.compress.calibration_data import DEFAULT_DATASET
+    from tachyon.compress.modifiers import MODIFIERS
     from tachyon.quantization.schemes import supported_schemes
 
     comp = sub.add_parser(
         "compress",
-        help="quantize (round-to-nearest) and/or 2:4-prune a model's weights into a "
-        "compressed-tensors checkpoint that Tachyon, vLLM and HF transformers load",
+        help="compress a model into a compressed-tensors checkpoint that Tachyon, vLLM and HF transformers load: "
+        "a recipe (GPTQ, AWQ, SmoothQuant, SparseGPT...) over calibration data, or data-free --scheme/--sparsity",
+        description="Either --recipe (calibrated algorithms, LLM Compressor's YAML layout) or --scheme and/or "
+        "--sparsity (round-to-nearest, magnitude 2:4, no data). Modifiers: " + ", ".join(MODIFIERS),
     )
     comp.add_argument("model", nargs="?", default=None, help="HF folder, .gguf file or hub id (default: SmolLM2-135M)")
     comp.add_argument(
-        "--scheme", default=None, help=f"quantization preset: {', '.join(supported_schemes())} (omit: keep dense)"
+        "--recipe", default=None, help="recipe YAML file (see docs/compression.md); saved next to the checkpoint"
+    )
+    comp.add_argument(
+        "--dataset",
+        default=None,
+        help=f"calibration text for --recipe: a .txt/.jsonl/.json/.parquet file or hf:NAME[:CONFIG[:SPLIT]] "
+        f"(default: the built-in {DEFAULT_DATASET} news articles, disjoint from the lee perplexity slice)",
+    )
+    comp.add_argument(
+        "--num-calibration-samples", type=int, default=512, help="calibration documents to use (default 512)"
+    )
+    comp.add_argument(
+        "--max-seq-length", type=int, default=2048, help="tokens kept of each calibration document (default 2048)"
+    )
+    comp.add_argument(
+        "--pipeline",
+        choices=["sequential", "whole_model"],
+        default="sequential",
+        help="sequential: read, calibrate and write one decoder layer at a time (low memory); "
+        "whole_model: load every layer first",
+    )
+    comp.add_argument(
+        "--device", default=None, help="device for calibration, e.g. cpu or cuda (default: cuda if available)"
+    )
+    comp.add_argument(
+        "--scheme",
+        default=None,
+        help=f"data-free round-to-nearest preset: {', '.join(supported_schemes())} (omit: keep dense)",
     )
     comp.add_argument(
         "--sparsity",
         choices=["2:4"],
         default=None,
-        help="prune every decoder Linear to 2:4 by magnitude (2 of each 4 consecutive inputs kept) before quantizing",
+        help="data-free: prune every decoder Linear to 2:4 by magnitude (2 of each 4 consecutive inputs kept) "
+        "before quantizing",
     )
     comp.add_argument("--output", required=True, help="checkpoint folder to create (written atomically)")
     comp.add_argument(
         "--group-size",
         type=int,
         default=None,
-        help="input columns per weight scale for grouped schemes (-1: per output channel); "
+        help="with --scheme: input columns per weight scale for grouped schemes (-1: per output channel); "
         "must divide the layer widths, e.g. 64 for SmolLM2's 576",
     )
-    comp.add_argument("--dtype", default=None, help="dtype of unquantized tensors and scales, e.g. bfloat16")
+    comp.add_argument(
+        "--dtype", default=None, help="dtype of unquantized tensors and scales, e.g. bfloat16 (default: as stored)"
+    )
     comp.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     comp.set_defaults(func=_compress)
 
@@ -172,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_eval_parser(sub)
     add_validate_parser(sub)
+    add_plan_parser(sub)
     return parser
 
 

@@ -6,8 +6,8 @@ docs/evals.md.
 
 from __future__ import annotations
 
+from tachyon.corpus import calibration_documents, evaluation_text, read_corpus
 from tachyon.evals.cloze import cloze_task
-from tachyon.evals.corpus import calibration_documents, evaluation_text, read_corpus
 from tachyon.evals.eval_model import EngineModel, EvalModel
 from tachyon.evals.perplexity import PerplexityResult, perplexity
 from tachyon.evals.recovery import RecoveryReport, compare

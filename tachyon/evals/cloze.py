@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 
-from tachyon.evals.corpus import EVALUATION_CORPUS, read_corpus
+from tachyon.corpus import EVALUATION_CORPUS, read_corpus
 from tachyon.evals.tasks import MULTIPLE_CHOICE, Task
 
 CLOZE_TASK = "lee_cloze"

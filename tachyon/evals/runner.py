@@ -17,8 +17,8 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tachyon.corpus import EVALUATION_CORPUS, hf_dataset_documents, read_corpus
 from tachyon.evals.cloze import CLOZE_TASK, cloze_task
-from tachyon.evals.corpus import EVALUATION_CORPUS, hf_dataset_documents, read_corpus
 from tachyon.evals.eval_model import EngineModel
 from tachyon.evals.perplexity import DEFAULT_MAX_LENGTH, perplexity
 from tachyon.evals.results import TaskResult

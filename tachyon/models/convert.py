@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterable, Sized
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
@@ -75,20 +75,19 @@ def _check_target(out_dir: str, overwrite: bool) -> None:
 
 def write_safetensors(weights: Iterable[tuple[str, torch.Tensor]], folder: str, max_shard_bytes: int) -> None:
     """Stream tensors into shards of at most `max_shard_bytes` (a larger single tensor gets a shard of its
-    own), so memory stays bounded: `model.safetensors` when one shard holds everything, otherwise
-    `model-0000k-of-0000n.safetensors` and `model.safetensors.index.json`."""
+    own), holding one tensor at a time in memory: `model.safetensors` when one shard holds everything,
+    otherwise `model-0000k-of-0000n.safetensors` and `model.safetensors.index.json`."""
     shards: list[list[str]] = []  # tensor names of each written shard
-    shard: dict[str, torch.Tensor] = {}
-    shard_bytes = total_bytes = 0
+    shard = _ShardWriter(_part_path(folder, 0))
+    total_bytes = 0
     for name, tensor in weights:
         nbytes = tensor.numel() * tensor.element_size()
-        if shard and shard_bytes + nbytes > max_shard_bytes:
-            shards.append(_save_part(shard, folder, len(shards)))
-            shard, shard_bytes = {}, 0
-        shard[name] = tensor
-        shard_bytes += nbytes
+        if shard.num_bytes and shard.num_bytes + nbytes > max_shard_bytes:
+            shards.append(shard.close())
+            shard = _ShardWriter(_part_path(folder, len(shards)))
+        shard.add(name, tensor)
         total_bytes += nbytes
-    shards.append(_save_part(shard, folder, len(shards)))
+    shards.append(shard.close())
     _name_shards(shards, folder, total_bytes)
 
 
@@ -96,11 +95,58 @@ def _part_path(folder: str, index: int) -> str:
     return os.path.join(folder, f"part-{index}.safetensors")
 
 
-def _save_part(shard: dict[str, torch.Tensor], folder: str, index: int) -> list[str]:
-    path = _part_path(folder, index)
-    save_file(shard, path, metadata={"format": "pt"})
-    os.chmod(path, 0o644)  # safetensors writes owner-only files
-    return list(shard)
+class _ShardWriter:
+    """One safetensors file written as its tensors arrive. The format puts the header (names, dtypes,
+    offsets) first, so tensor bytes go to a side file at once and `close` writes the header, then appends
+    them:
+
+        [8-byte little-endian header length][JSON header, space-padded to 8][tensor bytes, in header order]
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.data = open(f"{path}.data", "wb")  # noqa: SIM115 - closed in close()
+        self.header: dict[str, dict] = {}
+        self.num_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # [nbytes], no copy
+        self.data.write(raw.numpy().data)
+        end = self.num_bytes + raw.numel()
+        self.header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [self.num_bytes, end],
+        }
+        self.num_bytes = end
+
+    def close(self) -> list[str]:
+        """Write the file; returns its tensor names."""
+        self.data.close()
+        header = json.dumps({"__metadata__": {"format": "pt"}, **self.header}, separators=(",", ":")).encode()
+        header += b" " * (-len(header) % 8)
+        with open(self.path, "wb") as out, open(f"{self.path}.data", "rb") as data:
+            out.write(struct.pack("<Q", len(header)))
+            out.write(header)
+            shutil.copyfileobj(data, out, 16 << 20)
+        os.remove(f"{self.path}.data")
+        return list(self.header)
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 
 def _name_shards(shards: list[list[str]], folder: str, total_bytes: int) -> None:

@@ -245,11 +245,18 @@ class GGUFWeights:
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in zip(self.names, self.tensors, strict=True):
-            weight = _dequantize(tensor, self.path)
-            module = name.split(".")[-2]
-            if self.permuted_qk and module in self.heads:
-                weight = unpermute_qk(weight, self.heads[module])
-            yield name, torch.from_numpy(weight)
+            yield name, self._load(name, tensor)
+
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor by HF name (layer-by-layer compression reads a layer at a time)."""
+        return self._load(name, self.tensors[self.names.index(name)])
+
+    def _load(self, name: str, tensor: ReaderTensor) -> torch.Tensor:
+        weight = _dequantize(tensor, self.path)
+        module = name.split(".")[-2]
+        if self.permuted_qk and module in self.heads:
+            weight = unpermute_qk(weight, self.heads[module])
+        return torch.from_numpy(weight)
 
 
 def _dequantize(tensor: ReaderTensor, path: str) -> np.ndarray:

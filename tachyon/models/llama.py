@@ -6,6 +6,7 @@ RMSNorm, SwiGLU MLP) -> final norm. Logits are computed separately, only for row
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
@@ -18,6 +19,8 @@ from tachyon.layers.norm import RMSNorm
 from tachyon.layers.quantized_linear import make_linear
 from tachyon.layers.rotary import RotaryEmbedding, rope_settings
 from tachyon.quantization.compressed_tensors import CheckpointQuantization
+
+logger = logging.getLogger(__name__)
 
 # checkpoint module name -> (our fused module name, shard id)
 FUSED_MODULES = {
@@ -151,8 +154,12 @@ class LlamaForCausalLM(nn.Module):
         modules = dict(self.named_modules())
         params = dict(self.named_parameters())
         loaded: set[str] = set()
+        num_kv_scales = 0
         for name, tensor in weights:
             if "rotary_emb.inv_freq" in name or (self.tie_word_embeddings and name == "lm_head.weight"):
+                continue
+            if name.endswith((".k_scale", ".v_scale")):
+                num_kv_scales += 1
                 continue
             module_path, _, param_name = name.rpartition(".")
             parent, _, leaf = module_path.rpartition(".")
@@ -176,6 +183,12 @@ class LlamaForCausalLM(nn.Module):
         missing = sorted(set(params) - loaded)
         if missing:
             raise ValueError(f"checkpoint lacks {len(missing)} weights, e.g. {missing[:3]}")
+        if num_kv_scales:
+            logger.info(
+                "checkpoint has %d static KV-cache scales (k_scale/v_scale); not used: --kv-cache-dtype fp8/int8 "
+                "scales every cached token and head itself",
+                num_kv_scales,
+            )
         finish_loading(self)
 
 

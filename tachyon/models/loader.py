@@ -90,6 +90,19 @@ class ModelSource:
             return _iter_safetensors(self.path, self.hf_config)
         return iter(self.weights)
 
+    def tensor_names(self) -> list[str]:
+        """Every stored tensor's HF name (without a tied `lm_head.weight`), without reading any data."""
+        if self.weights is None:
+            return list(_safetensors_index(self.path, self.hf_config))
+        return list(self.weights.names)
+
+    def load_tensor(self, name: str) -> torch.Tensor:
+        """One tensor by HF name, read on its own: lets a layer-by-layer job keep one layer in memory."""
+        if self.weights is None:
+            with safe_open(_safetensors_index(self.path, self.hf_config)[name], framework="pt") as f:
+                return f.get_tensor(name)
+        return self.weights.get(name)
+
     @property
     def eos_token_ids(self) -> list[int]:
         """Every id that ends a sequence: the tokenizer's eos, generation_config's and config.json's."""
@@ -235,6 +248,16 @@ def _stored_tensor_names(folder: str) -> set[str]:
             raise ModelLoadError(f"{path}: lacks {len(absent)} tensors {_INDEX_FILE} puts there, e.g. {absent[0]}")
         names |= keys
     return names
+
+
+def _safetensors_index(folder: str, hf_config: PretrainedConfig) -> dict[str, str]:
+    """Tensor name -> the file holding it, in stored order (a tied lm_head left out)."""
+    skip = "lm_head.weight" if hf_config.tie_word_embeddings else None
+    index: dict[str, str] = {}
+    for path in _safetensors_files(folder):
+        with safe_open(path, framework="pt") as f:
+            index.update((name, path) for name in f.keys() if name != skip)
+    return index
 
 
 def _iter_safetensors(folder: str, hf_config: PretrainedConfig) -> Iterator[tuple[str, torch.Tensor]]:

@@ -73,8 +73,6 @@ class CheckpointQuantization:
             raise ValueError(
                 f"sparsity format {sparse_format!r} is not supported; supported: dense, {SPARSE_24_BITMASK}"
             )
-        if config.get("kv_cache_scheme"):
-            raise ValueError("checkpoints with a kv_cache_scheme are not supported yet")
         groups = []
         for name, group in config.get("config_groups", {}).items():
             fmt = group.get("format") or config.get("format")
@@ -110,30 +108,39 @@ def _matches(target: str, name: str) -> bool:
 
 
 def quantization_config(
-    scheme: QuantScheme | None, ignore: list[str] | tuple[str, ...] = ("lm_head",), sparsity: dict | None = None
+    scheme: QuantScheme | None,
+    ignore: list[str] | tuple[str, ...] = ("lm_head",),
+    sparsity: dict | None = None,
+    *,
+    targets: list[str] | tuple[str, ...] = ("Linear",),
+    kv_cache_scheme: dict | None = None,
 ) -> dict:
-    """The config.json `quantization_config` of a checkpoint compressed with `scheme` (None: weights kept dense)
-    and, for 2:4 sparse weights, the `sparsity_config` from `tachyon.quantization.sparsity`."""
+    """The config.json `quantization_config` of a checkpoint whose `targets` are compressed with `scheme`
+    (None: weights kept dense), with the `sparsity_config` from `tachyon.quantization.sparsity` for pruned
+    weights and the static fp8 `kv_cache_scheme` when k_scale / v_scale are stored."""
     config: dict = {"quant_method": QUANT_METHOD, "format": "dense", "config_groups": {}}
     if scheme is not None:
         inputs = scheme.input_activations
         group = {
-            "targets": ["Linear"],
+            "targets": list(targets),
             "weights": scheme.weights.to_config(),
             "input_activations": inputs.to_config() if inputs else None,
             "output_activations": None,
         }
         config.update(format=scheme.format, config_groups={"group_0": group})
-    config.update(ignore=list(ignore), quantization_status="compressed", kv_cache_scheme=None)
+    config.update(ignore=list(ignore), quantization_status="compressed", kv_cache_scheme=kv_cache_scheme)
     if sparsity is not None:
         config["sparsity_config"] = sparsity
     return config
 
 
-def compress_weight(weight: torch.Tensor, scheme: QuantScheme) -> dict[str, torch.Tensor]:
-    """One Linear's dense weight [out, in] -> its stored tensors, keyed by suffix (`weight_scale`, ...)."""
+def compress_weight(
+    weight: torch.Tensor, scheme: QuantScheme, qparams: tuple[torch.Tensor, torch.Tensor | None] | None = None
+) -> dict[str, torch.Tensor]:
+    """One Linear's dense weight [out, in] -> its stored tensors, keyed by suffix (`weight_scale`, ...).
+    `qparams` (scale, zero point) come from a calibrated algorithm (GPTQ, AWQ); None: min-max of `weight`."""
     args = scheme.weights
-    scale, zero_point = compute_qparams(weight, args)
+    scale, zero_point = qparams if qparams is not None else compute_qparams(weight, args)
     q = quantize(weight, scale, zero_point, args)
     if scheme.format != "pack-quantized":
         return {"weight": q, "weight_scale": scale}

@@ -22,6 +22,7 @@ __all__ = [
     "int_range",
     "pack_int32",
     "quantize",
+    "round_to_nearest",
     "unpack_int32",
 ]
 
@@ -161,3 +162,14 @@ def unpack_int32(packed: torch.Tensor, num_bits: int, size: int, packed_dim: int
     values = ((pair >> (bit % 32)) & ((1 << num_bits) - 1)) - (1 << (num_bits - 1))
     values = values.to(torch.int8)
     return values.transpose(0, 1).contiguous() if packed_dim == 0 else values
+
+
+def round_to_nearest(
+    weight: torch.Tensor, args: QuantArgs, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Min-max quantize then dequantize, with the scales computed in `dtype` (the checkpoint's; default the
+    weight's): (dequantized weight in `weight`'s dtype, scale, zero point)."""
+    stored = weight.to(dtype or weight.dtype)
+    scale, zero_point = compute_qparams(stored, args)
+    fake = dequantize(quantize(stored, scale, zero_point, args), scale, zero_point, args)
+    return fake.to(weight.dtype), scale, zero_point

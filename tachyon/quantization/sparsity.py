@@ -17,21 +17,26 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-__all__ = ["SPARSE_24_BITMASK", "densify_sparse_24", "is_2_4_sparse", "prune_2_4", "sparsity_config"]
+__all__ = ["SPARSE_24_BITMASK", "densify_sparse_24", "is_2_4_sparse", "prune_2_4", "prune_n_m", "sparsity_config"]
 
 SPARSE_24_BITMASK = "sparse-24-bitmask"
 _BITMASK_PARTS = ("compressed", "bitmask", "shape")
 
 
-def prune_2_4(weight: torch.Tensor) -> torch.Tensor:
-    """Keep the 2 largest-magnitude weights of every 4 consecutive inputs (ties: the earlier ones)."""
+def prune_n_m(weight: torch.Tensor, num_pruned: int, group_len: int) -> torch.Tensor:
+    """Zero the `num_pruned` smallest-magnitude weights of every `group_len` consecutive inputs of a row."""
     rows, cols = weight.shape
-    if cols % 4:
-        raise ValueError(f"2:4 sparsity needs in_features divisible by 4, got {cols}")
-    groups = weight.reshape(rows, cols // 4, 4)
-    keep = groups.abs().float().topk(2, dim=-1, sorted=False).indices
+    if cols % group_len:
+        raise ValueError(f"{num_pruned}:{group_len} sparsity needs in_features divisible by {group_len}, got {cols}")
+    groups = weight.reshape(rows, cols // group_len, group_len)
+    keep = groups.abs().float().topk(group_len - num_pruned, dim=-1, sorted=False).indices
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, keep, True)
     return torch.where(mask, groups, torch.zeros((), dtype=weight.dtype)).reshape(rows, cols)
+
+
+def prune_2_4(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the 2 largest-magnitude weights of every 4 consecutive inputs."""
+    return prune_n_m(weight, 2, 4)
 
 
 def is_2_4_sparse(weight: torch.Tensor) -> bool:
@@ -39,11 +44,12 @@ def is_2_4_sparse(weight: torch.Tensor) -> bool:
     return cols % 4 == 0 and bool(((weight.reshape(rows, cols // 4, 4) != 0).sum(-1) <= 2).all())
 
 
-def sparsity_config(ignore: Iterable[str], global_sparsity: float) -> dict:
-    """The `sparsity_config` entry of a checkpoint whose Linears are 2:4 sparse, zeros stored in place."""
+def sparsity_config(ignore: Iterable[str], global_sparsity: float, structure: str = "2:4") -> dict:
+    """The `sparsity_config` entry of a checkpoint whose Linears are pruned (`structure` "2:4", another
+    "N:M" or "unstructured"), zeros stored in place."""
     return {
         "format": "dense",
-        "sparsity_structure": "2:4",
+        "sparsity_structure": structure,
         "targets": ["Linear"],
         "ignore": list(ignore),
         "global_sparsity": round(global_sparsity, 4),

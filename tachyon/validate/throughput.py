@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from tachyon import SamplingParams
-from tachyon.evals.corpus import calibration_documents
+from tachyon.corpus import calibration_documents
 
 if TYPE_CHECKING:
     from tachyon import LLM

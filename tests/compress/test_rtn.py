@@ -12,7 +12,7 @@ from compressed_tensors.compressors.base import BaseCompressor
 from compressed_tensors.quantization import QuantizationConfig
 from safetensors.torch import load_file
 
-from tachyon.compress import compress_model, rtn
+from tachyon.compress import compress_model, pipeline
 from tachyon.quantization.compressed_tensors import decompress_module
 from tachyon.quantization.schemes import QuantArgs
 
@@ -21,11 +21,6 @@ def test_unknown_scheme_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown quantization scheme 'W3A3'; supported: W8A16, W4A16"):
         compress_model(str(tmp_path / "no-such-model"), "W3A3", str(tmp_path / "out"))
     assert not os.path.exists(tmp_path / "out")
-
-
-def test_static_fp8_is_refused_for_data_free_rtn(tmp_path):
-    with pytest.raises(ValueError, match="needs calibration data.*FP8_DYNAMIC"):
-        compress_model(str(tmp_path / "no-such-model"), "FP8", str(tmp_path / "out"))
 
 
 def test_ragged_group_size_is_refused_before_writing(model_dir, tmp_path):
@@ -46,14 +41,14 @@ def test_refuses_to_overwrite(model_dir, tmp_path):
 def test_interrupted_run_leaves_nothing(model_dir, tmp_path, monkeypatch):
     calls = []
 
-    def failing(weight, scheme):
+    def failing(weight, scheme, qparams=None):
         calls.append(1)
         if len(calls) == 20:
             raise RuntimeError("simulated crash mid-write")
-        return real(weight, scheme)
+        return real(weight, scheme, qparams)
 
-    real = rtn.compress_weight
-    monkeypatch.setattr(rtn, "compress_weight", failing)
+    real = pipeline.compress_weight
+    monkeypatch.setattr(pipeline, "compress_weight", failing)
     with pytest.raises(RuntimeError, match="simulated crash"):
         compress_model(model_dir, "W8A8", str(tmp_path / "out"))
     assert os.listdir(tmp_path) == []  # neither the output nor the hidden partial folder

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from tachyon.cli import build_parser, main
-from tachyon.evals.corpus import evaluation_text
+from tachyon.corpus import evaluation_text
 from tachyon.evals.perplexity import perplexity
 from tachyon.evals.tasks import evaluate_task, load_task
 from tests.evals.conftest import EVAL_DATA, KV_CACHE_BYTES, LM_EVAL_DATA

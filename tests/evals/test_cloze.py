@@ -3,8 +3,8 @@ next sentence among four distinct choices, and the same questions on every run."
 
 from __future__ import annotations
 
+from tachyon.corpus import read_corpus
 from tachyon.evals.cloze import NUM_CHOICES, cloze_task, sentences
-from tachyon.evals.corpus import read_corpus
 from tachyon.evals.runner import CustomTask, resolve_task
 from tachyon.evals.tasks import MULTIPLE_CHOICE
 

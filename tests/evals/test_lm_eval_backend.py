@@ -16,7 +16,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.api.registry import get_model  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
-from tachyon.evals.corpus import evaluation_text  # noqa: E402
+from tachyon.corpus import evaluation_text  # noqa: E402
 from tachyon.evals.lm_eval_backend import TachyonLM, evaluate_harness_task  # noqa: E402
 from tests.evals.conftest import KV_CACHE_BYTES  # noqa: E402
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tachyon.evals.corpus import evaluation_text
+from tachyon.corpus import evaluation_text
 from tachyon.evals.perplexity import perplexity, perplexity_token_ids, strided_windows
 
 MAX_LENGTH, STRIDE, NUM_DOCS = 128, 96, 4  # ~500 tokens of lee.cor in 6 overlapping windows

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tachyon.cli import main
-from tachyon.evals.corpus import evaluation_text
+from tachyon.corpus import evaluation_text
 from tachyon.evals.perplexity import perplexity
 from tachyon.evals.server_model import ServerModel
 from tachyon.evals.tasks import evaluate_task, load_task

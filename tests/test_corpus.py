@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tachyon.evals import corpus
+from tachyon import corpus
 from tachyon.evals.runner import resolve_task
 
 
