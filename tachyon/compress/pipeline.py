@@ -16,7 +16,7 @@ import copy
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -37,12 +37,10 @@ _EMBEDDINGS = "model.embed_tokens.weight"
 
 @dataclass
 class CompressionSummary:
-    """What the stream did, for the checkpoint's config: filled in as layers are written."""
+    """What the stream pruned, for the checkpoint's sparsity_config: filled in as layers are written."""
 
     num_zeros: int = 0  # in the Linears a pruning modifier touched
     num_pruned_params: int = 0
-    quantized_modules: list[str] = field(default_factory=list)
-    num_kv_scales: int = 0
 
 
 class LayerwiseModel:
@@ -166,13 +164,11 @@ def _layer_tensors(
             result = state.quantized[module]
             qparams = (result.scale.to(out_dtype), result.zero_point)
             yield from ((f"{module}.{k}", v) for k, v in compress_weight(value, result.scheme, qparams).items())
-            summary.quantized_modules.append(module)
             if module in state.input_scales:
                 yield f"{module}.input_scale", state.input_scales[module].to(out_dtype)
         else:
             yield name, value.to(out_dtype)
     for name, scale in state.kv_scales.items():
-        summary.num_kv_scales += 1
         yield name, scale.to(dtype or torch.float32)
 
 

@@ -72,12 +72,18 @@ class Recipe:
         return cls(stages)
 
     def to_yaml(self) -> str:
-        data = {
-            stage: {
-                f"{stage.removesuffix('_stage')}{_GROUP_SUFFIX}": {type(m).__name__: m.to_dict() for m in modifiers}
-            }
-            for stage, modifiers in self.stages
-        }
+        """LLM Compressor's layout; a modifier class repeated within a stage opens a new stage (YAML
+        mappings cannot hold a key twice)."""
+        data: dict[str, dict] = {}
+        for stage, modifiers in self.stages:
+            groups: list[dict] = [{}]
+            for m in modifiers:
+                if type(m).__name__ in groups[-1]:
+                    groups.append({})
+                groups[-1][type(m).__name__] = m.to_dict()
+            for i, group in enumerate(groups):
+                name = stage if i == 0 else f"{stage}_{i}"
+                data[name] = {f"{name.removesuffix('_stage')}{_GROUP_SUFFIX}": group}
         return yaml.safe_dump(data, sort_keys=False)
 
 

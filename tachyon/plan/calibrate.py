@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tachyon.hardware import cpu_name
 from tachyon.plan.catalog import GPUSpec, create_gpu
 from tachyon.plan.memory import MemorySettings, plan_memory
 from tachyon.plan.model_spec import ModelSpec, load_model_spec
@@ -76,7 +76,7 @@ def calibrate(config: CalibrationConfig) -> MachineProfile:
     fitted = profile_roofline(spec, machine, efficiency, dtype, device.type == "cpu")
     runs = [_with_prediction(m, fitted) for m in runs]
     meta = {
-        "host": _host_name(),
+        "host": cpu_name(),
         "threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "prompt_len": config.prompt_len,
@@ -123,7 +123,7 @@ def measure_decode(llm, batch: int, prompt_len: int, output_len: int) -> Measure
 
 def measure_machine(device: torch.device, dtype: torch.dtype) -> GPUSpec:
     """This machine's figures: copy bandwidth, GEMM rate in `dtype`, and its memory."""
-    name = f"{device.type}: {_host_name()}, {torch.get_num_threads()} threads"
+    name = f"{device.type}: {cpu_name()}, {torch.get_num_threads()} threads"
     return GPUSpec(
         name=name,
         memory_gib=_memory_bytes(device) / 2**30,
@@ -207,14 +207,3 @@ def _memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _host_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

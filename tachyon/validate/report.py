@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import tachyon
+from tachyon.hardware import cpu_name
 from tachyon.validate.html_page import render_html
 from tachyon.validate.markdown import render_markdown
 from tachyon.validate.recommend import recommend
@@ -123,7 +124,7 @@ def machine(device: str) -> dict:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     info = {
         "platform": platform.platform(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -133,15 +134,3 @@ def machine(device: str) -> dict:
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
-
-
-def _cpu_name() -> str:
-    """The CPU's marketing name where Linux tells it (platform.processor() is often empty or just x86_64)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()

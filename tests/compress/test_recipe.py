@@ -43,6 +43,12 @@ def test_yaml_round_trip_keeps_every_parameter():
     assert [m.to_dict() for m in again.modifiers] == [m.to_dict() for m in recipe.modifiers]
 
 
+def test_a_repeated_modifier_survives_the_round_trip():
+    recipe = Recipe.parse([SparseGPTModifier(), GPTQModifier(group_size=64), SparseGPTModifier(mask_structure="4:8")])
+    again = Recipe.parse(recipe.to_yaml()).modifiers
+    assert [(type(m), m.to_dict()) for m in again] == [(type(m), m.to_dict()) for m in recipe.modifiers]
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=os.path.basename)
 def test_shipped_example_recipes_parse(path):
     assert Recipe.parse(path).modifiers
