@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tachyon.compress.state import ActivationHook, LayerState
+from tachyon.layers.rotary import rotate_half
 from tachyon.quantization.quantize import FP8_MAX
 
 __all__ = ["FP8_KV_CACHE_SCHEME", "check_kv_cache_scheme", "observe_static_scales"]
@@ -61,7 +62,7 @@ def _kv_hooks(layer: LayerState, hooks: list[tuple[nn.Module, ActivationHook]]) 
     def on_keys(x: torch.Tensor, keys: torch.Tensor) -> None:
         cos, sin = (t[:, :, None] for t in calib.position_embeddings[sample[0]])  # [1, T, 1, D]
         keys = keys.reshape(*cos.shape[:2], -1, cos.shape[-1])  # [1, T, H_kv, D]
-        keys_max.update(keys * cos + _rotate_half(keys) * sin)
+        keys_max.update(keys * cos + rotate_half(keys) * sin)
 
     def on_values(x: torch.Tensor, values: torch.Tensor) -> None:
         values_max.update(values)
@@ -69,8 +70,3 @@ def _kv_hooks(layer: LayerState, hooks: list[tuple[nn.Module, ActivationHook]]) 
 
     hooks += [(key_source, on_keys), (attn.v_proj, on_values)]
     return {f"{layer.prefix}.self_attn.k_scale": keys_max, f"{layer.prefix}.self_attn.v_scale": values_max}
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

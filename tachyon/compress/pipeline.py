@@ -59,10 +59,12 @@ class LayerwiseModel:
         self.layer_tensors: dict[int, list[str]] = {}
         self.other_tensors: list[str] = []
         for name in source.tensor_names():
+            if "rotary_emb" in name:  # old checkpoints store inv_freq; the skeleton computes its own
+                continue
             found = _LAYER_TENSOR.fullmatch(name)
-            if found and "rotary_emb" not in name:
+            if found:
                 self.layer_tensors.setdefault(int(found.group(1)), []).append(name)
-            elif "rotary_emb" not in name:
+            else:
                 self.other_tensors.append(name)
 
     @property
