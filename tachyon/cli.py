@@ -40,6 +40,14 @@ def _generate(args: argparse.Namespace) -> int:
         f"{stats.num_preemptions} preemptions]",
         file=sys.stderr,
     )
+    spec = stats.spec_decode
+    if spec is not None:
+        print(
+            f"[speculative decoding: {spec.num_accepted_tokens}/{spec.num_draft_tokens} draft tokens accepted "
+            f"({spec.acceptance_rate:.0%}), mean accepted length {spec.mean_accepted_length:.2f}, "
+            f"{spec.drafts_per_step:.1f} drafts per step]",
+            file=sys.stderr,
+        )
     return 0
 
 

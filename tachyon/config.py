@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -24,6 +25,63 @@ def parse_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+SPECULATIVE_METHODS = ("ngram", "draft_model", "self_spec")
+
+
+@dataclass
+class SpeculativeConfig:
+    """`--speculative-config` in vLLM's spelling, e.g. {"method": "ngram", "num_speculative_tokens": 5}.
+
+    ngram: copy the continuation of the longest recent n-gram match (prompt_lookup_max..min tokens).
+    draft_model: a smaller model with the same tokenizer (`model`) proposes, with its own KV cache.
+    self_spec: the target's first `num_draft_layers` layers and its own LM head propose.
+    The engine lowers the number of draft tokens per step (down to none) when verifying them would
+    cost more than they save: large batches, low acceptance (unless `adaptive` is false);
+    `disable_by_batch_size` is a hard limit.
+    """
+
+    method: str = "ngram"
+    num_speculative_tokens: int = 5
+    prompt_lookup_max: int = 4
+    prompt_lookup_min: int = 1
+    model: str | None = None
+    num_draft_layers: int | None = None  # self_spec; default: a quarter of the target's layers
+    disable_by_batch_size: int | None = None  # no speculation once this many requests run
+    adaptive: bool = True  # False: always num_speculative_tokens (a seed then samples the same under any load)
+
+    def __post_init__(self) -> None:
+        if self.model is not None and self.method == "ngram" and self.num_draft_layers is None:
+            self.method = "draft_model"  # vLLM: giving a draft model implies the method
+        if self.method not in SPECULATIVE_METHODS:
+            raise ValueError(f"speculative method must be one of {SPECULATIVE_METHODS}, got {self.method!r}")
+        if self.num_speculative_tokens < 1:
+            raise ValueError(f"num_speculative_tokens must be at least 1, got {self.num_speculative_tokens}")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
+        if self.method == "draft_model" and not self.model:
+            raise ValueError('speculative method draft_model needs "model": the draft model to load')
+        if self.num_draft_layers is not None and self.num_draft_layers < 1:
+            raise ValueError(f"num_draft_layers must be at least 1, got {self.num_draft_layers}")
+
+    @classmethod
+    def parse(cls, value: SpeculativeConfig | dict | str | None) -> SpeculativeConfig | None:
+        """A config, a dict, or the JSON text of `--speculative-config`; None stays None."""
+        if value is None or isinstance(value, SpeculativeConfig):
+            return value
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--speculative-config is not valid JSON: {e}") from e
+        if not isinstance(value, dict):
+            raise ValueError("--speculative-config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown --speculative-config keys {unknown}; known: {sorted(known)}")
+        return cls(**value)
+
+
 @dataclass
 class EngineConfig:
     model: str | None = None  # HF folder, .gguf file or hub id; None: the embedded default model
@@ -43,8 +101,10 @@ class EngineConfig:
     load_format: str = "auto"  # "dummy": random weights of the model's shape (benchmarks)
     scheduling_policy: str = "fcfs"
     seed: int = 0
+    speculative_config: SpeculativeConfig | dict | str | None = None
 
     def __post_init__(self) -> None:
+        self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ValueError(f"--dtype must be auto or one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

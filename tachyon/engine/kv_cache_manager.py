@@ -126,7 +126,8 @@ class KVCacheManager:
         """Register the request's newly completed blocks (after the step that computed them)."""
         if not self.enable_prefix_caching:
             return
-        num_full = min(req.num_computed_tokens // self.block_size, len(req.block_ids))
+        # accepted draft tokens count as computed one step before the engine appends them
+        num_full = min(min(req.num_computed_tokens, req.num_tokens) // self.block_size, len(req.block_ids))
         if num_full <= req.num_cached_blocks:
             return
         self.update_block_hashes(req)
@@ -136,6 +137,19 @@ class KVCacheManager:
                 block.block_hash = block_hash
                 self.cached[block_hash] = block
         req.num_cached_blocks = num_full
+
+    def trim(self, req: Request, num_tokens: int) -> None:
+        """Free the request's blocks past its first `num_tokens` positions: the slots of rejected draft
+        tokens. They hold nothing cached, so they go to the head of the free queue, evicted first."""
+        keep = -(-num_tokens // self.block_size)
+        for block_id in reversed(req.block_ids[keep:]):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free_queue[block_id] = block
+                if block.block_hash is None:
+                    self.free_queue.move_to_end(block_id, last=False)
+        del req.block_ids[keep:]
 
     def free(self, req: Request) -> None:
         """Return the request's blocks; cached ones stay findable until evicted."""

@@ -5,6 +5,7 @@ a loop; the async engine drives it from a background thread.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from tachyon.engine.model_runner import ModelRunner, ModelRunnerOutput
 from tachyon.engine.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 from tachyon.engine.request import Request, RequestStatus
 from tachyon.engine.scheduler import Scheduler, SchedulerConfig
+from tachyon.engine.spec_decode.speculator import SpecDecodeStats, Speculator
 from tachyon.models.loader import load_model_source
 from tachyon.sampling_params import SamplingParams
 
@@ -59,6 +61,7 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_preemptions: int
+    spec_decode: SpecDecodeStats | None = None  # None: speculative decoding is off
 
 
 class LLMEngine:
@@ -70,10 +73,16 @@ class LLMEngine:
         dtype = config.resolve_dtype(self.source.hf_config, device)
         self.max_model_len = config.max_model_len or self.source.hf_config.max_position_embeddings
         self.runner = ModelRunner(config, self.source, device, dtype)
-        num_blocks = self.runner.kv_budget_bytes() // self.runner.kv_bytes_per_block
+        spec = config.speculative_config
+        self.speculator = Speculator(spec, config, self.runner) if spec is not None else None
+        draft_kv_bytes = self.speculator.kv_bytes_per_block if self.speculator else 0
+        num_blocks = self.runner.kv_budget_bytes() // (self.runner.kv_bytes_per_block + draft_kv_bytes)
         if num_blocks < 1:
             raise ValueError("the KV cache budget holds not even one block; raise --kv-cache-memory")
         self.runner.allocate_kv_cache(num_blocks)
+        if self.speculator:
+            self.speculator.allocate_kv_cache(num_blocks)
+            self.speculator.profile(config.max_num_seqs, config.max_num_batched_tokens)
         self.runner.capture_cuda_graphs(self.max_model_len)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(
@@ -86,11 +95,12 @@ class LLMEngine:
         )
         num_tokens = num_blocks * config.block_size
         logger.info(
-            "KV cache: %d blocks = %d tokens (%s, %d bytes per token); max concurrency %.2f at max_model_len %d",
+            "KV cache: %d blocks = %d tokens (%s, %d bytes per token%s); max concurrency %.2f at max_model_len %d",
             num_blocks,
             num_tokens,
             config.kv_cache_dtype if config.kv_cache_dtype != "auto" else str(self.runner.dtype).removeprefix("torch."),
             self.runner.kv_bytes_per_block // config.block_size,
+            f" + {draft_kv_bytes // config.block_size} for the draft model" if draft_kv_bytes else "",
             num_tokens / self.max_model_len,
             self.max_model_len,
         )
@@ -204,8 +214,11 @@ class LLMEngine:
         if not sched.scheduled:
             return self._drop_unschedulable()
         result = self.runner.execute(sched)
-        self.scheduler.update_after_step(sched)
+        self.scheduler.update_after_step(sched, result.num_rejected)
         touched = self._process(sched, result)
+        if self.speculator:
+            self.speculator.record(sched, result.num_rejected)
+            self.speculator.propose(self.scheduler.running, self.kv)
         return [self._make_output(state) for state in touched]
 
     def _drop_unschedulable(self) -> list[RequestOutput]:
@@ -225,9 +238,11 @@ class LLMEngine:
             chunk_lp = result.prompt_logprobs.get(s.request.request_id)
             if chunk_lp is not None and seq is state.seqs[0]:
                 self._add_prompt_logprobs(state, *chunk_lp)
-            token = result.sampled.get(s.request.request_id)
-            if token is not None:
-                self._append_token(seq, token, result.logprobs.get(s.request.request_id))
+            tokens = result.sampled.get(s.request.request_id, [])
+            logprobs = result.logprobs.get(s.request.request_id)
+            for i, token in enumerate(tokens):
+                if self._append_token(seq, token, logprobs[i] if logprobs else None):
+                    break  # finished: drop accepted drafts past a stop
             touched[state.request_id] = state
         return list(touched.values())
 
@@ -235,7 +250,8 @@ class LLMEngine:
         """`chunk` scores prompt tokens first_pos+1...; a preempted request recomputes, so skip seen ones."""
         state.prompt_logprobs.extend(chunk[len(state.prompt_logprobs) - (first_pos + 1) :])
 
-    def _append_token(self, seq: _Sequence, token: int, logprobs: PositionLogprobs | None) -> None:
+    def _append_token(self, seq: _Sequence, token: int, logprobs: PositionLogprobs | None) -> bool:
+        """Append one token; True if it finished the sequence."""
         req = seq.req
         req.append_token(token)
         if seq.logprobs is not None:
@@ -247,6 +263,7 @@ class LLMEngine:
             req.stop_reason = seq.detok.matched_stop
         if status is not None:
             self.scheduler.finish(req, status)
+        return status is not None
 
     def _make_output(self, state: _RequestState) -> RequestOutput:
         finished = state.finished
@@ -290,4 +307,5 @@ class LLMEngine:
             prefix_cache_queries=self.kv.stats.queries,
             prefix_cache_hits=self.kv.stats.hits,
             num_preemptions=self.scheduler.num_preemptions,
+            spec_decode=dataclasses.replace(self.speculator.stats) if self.speculator else None,
         )

@@ -14,8 +14,9 @@ import torch
 from tachyon.config import EngineConfig
 from tachyon.engine.cuda_graphs import DecodeGraphs
 from tachyon.engine.outputs import PositionLogprobs
-from tachyon.engine.sampler import Sampler, SamplingMetadata, prompt_logprobs
+from tachyon.engine.sampler import Sampler, SamplingMetadata, token_logprobs
 from tachyon.engine.scheduler import ScheduledRequest, SchedulerOutput
+from tachyon.engine.spec_decode.rejection_sampler import verify_drafts
 from tachyon.layers.attention.backend import create_attention_backend
 from tachyon.layers.attention.kv_quant import KV_CACHE_DTYPES, SCALE_DTYPE, kv_bytes_per_head
 from tachyon.layers.attention.layer import PagedAttention
@@ -29,8 +30,10 @@ DEFAULT_CPU_KV_CACHE_BYTES = 2 << 30
 
 @dataclass
 class ModelRunnerOutput:
-    sampled: dict[str, int] = field(default_factory=dict)  # request id -> new token
-    logprobs: dict[str, PositionLogprobs] = field(default_factory=dict)
+    # request id -> its new tokens: one, or with speculative decoding the accepted drafts and one more
+    sampled: dict[str, list[int]] = field(default_factory=dict)
+    logprobs: dict[str, list[PositionLogprobs]] = field(default_factory=dict)  # one entry per new token
+    num_rejected: dict[str, int] = field(default_factory=dict)  # request id -> draft tokens rejected
     # request id -> (first position, logprobs of the prompt tokens after positions first, first + 1, ...)
     prompt_logprobs: dict[str, tuple[int, list[PositionLogprobs]]] = field(default_factory=dict)
 
@@ -79,7 +82,7 @@ class ModelRunner:
         num_blocks = -(-num_tokens // self.block_size)
         self.allocate_kv_cache(num_blocks)
         torch.cuda.reset_peak_memory_stats(self.device)
-        hidden = self._forward(
+        hidden = self.forward(
             torch.zeros(num_tokens, dtype=torch.long, device=self.device),
             list(range(num_tokens)),
             [num_tokens],
@@ -116,7 +119,7 @@ class ModelRunner:
         base = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         ids = torch.zeros(n, dtype=torch.long, device=self.device)
-        self.model.compute_logits(self._forward(ids, [0] * n, [1] * n, [1] * n, [[0]] * n))
+        self.model.compute_logits(self.forward(ids, [0] * n, [1] * n, [1] * n, [[0]] * n))
         torch.cuda.synchronize(self.device)
         return torch.cuda.max_memory_allocated(self.device) - base
 
@@ -141,12 +144,13 @@ class ModelRunner:
     def execute(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         token_ids, positions, query_lens, seq_lens, tables = [], [], [], [], []
         sample_rows: list[int] = []  # flat row of the last token of each request that samples
+        verify_rows: list[int] = []  # flat rows of the last known token and the drafts of speculating requests
         prompt_rows: list[tuple[ScheduledRequest, int, int]] = []  # (request, first row, num rows)
         row = 0
         for s in sched.scheduled:
             req, start = s.request, s.request.num_computed_tokens
             end = start + s.num_new_tokens
-            token_ids += req.all_token_ids[start:end]
+            token_ids += req.all_token_ids[start : end - len(s.spec_token_ids)] + s.spec_token_ids
             positions += range(start, end)
             query_lens.append(s.num_new_tokens)
             seq_lens.append(end)
@@ -154,7 +158,9 @@ class ModelRunner:
             if req.wants_prompt_logprobs and start < req.num_prompt_tokens:
                 prompt_rows.append((s, row, min(end, req.num_prompt_tokens - 1) - start))
             row += s.num_new_tokens
-            if s.completes_sequence:
+            if s.completes_sequence and s.spec_token_ids:
+                verify_rows += range(row - len(s.spec_token_ids) - 1, row)
+            elif s.completes_sequence:
                 sample_rows.append(row - 1)
         out = ModelRunnerOutput()
         graph_ok = self.graphs is not None and self.graphs.padded_size(row) is not None
@@ -163,12 +169,17 @@ class ModelRunner:
             logits = self.graphs.run(token_ids, positions, slots, seq_lens, tables)
         else:
             ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-            hidden = self._forward(ids, positions, query_lens, seq_lens, tables)
+            hidden = self.forward(ids, positions, query_lens, seq_lens, tables)
             self._prompt_logprobs(out, hidden, prompt_rows)
-            if not sample_rows:
+            if not sample_rows and not verify_rows:
                 return out
-            logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=self.device)])  # [B, V]
-        self._sample(out, [s.request for s in sched.scheduled if s.completes_sequence], logits)
+            rows = torch.tensor(sample_rows + verify_rows, device=self.device)
+            logits = self.model.compute_logits(hidden[rows])  # [B + verified rows, V]
+        completing = [s for s in sched.scheduled if s.completes_sequence]
+        if sample_rows:
+            self._sample(out, [s.request for s in completing if not s.spec_token_ids], logits[: len(sample_rows)])
+        if verify_rows:
+            self._verify(out, [s for s in completing if s.spec_token_ids], logits[len(sample_rows) :])
         return out
 
     def _slots(self, query_lens, seq_lens, tables) -> list[int]:
@@ -180,8 +191,9 @@ class ModelRunner:
             for p in range(s - q, s)
         ]
 
-    def _forward(self, ids, positions, query_lens, seq_lens, tables) -> torch.Tensor:
-        """ids, positions [T]; per sequence its new-token count, KV length and block ids -> hidden [T, H]"""
+    def forward(self, ids, positions, query_lens, seq_lens, tables, num_layers: int | None = None) -> torch.Tensor:
+        """ids, positions [T]; per sequence its new-token count, KV length and block ids -> hidden [T, H].
+        `num_layers`: only the first layers (self-speculative drafting)."""
         width = max(len(t) for t in tables)
         dev = self.device
         meta = AttentionMetadata(
@@ -193,7 +205,7 @@ class ModelRunner:
             seq_lens_cpu=seq_lens,
             block_size=self.block_size,
         )
-        return self.model(ids, torch.tensor(positions, dtype=torch.long, device=dev), meta)
+        return self.model(ids, torch.tensor(positions, dtype=torch.long, device=dev), meta, num_layers)
 
     def _prompt_logprobs(self, out: ModelRunnerOutput, hidden: torch.Tensor, prompt_rows) -> None:
         for s, first, num in prompt_rows:
@@ -204,7 +216,7 @@ class ModelRunner:
             targets = torch.tensor(req.all_token_ids[start + 1 : start + 1 + num], device=self.device)
             out.prompt_logprobs[req.request_id] = (
                 start,
-                prompt_logprobs(logits, targets, req.params.prompt_logprobs),
+                token_logprobs(logits, targets, req.params.prompt_logprobs),
             )
 
     def _sample(self, out: ModelRunnerOutput, reqs, logits: torch.Tensor) -> None:
@@ -220,9 +232,18 @@ class ModelRunner:
         )
         result = self.sampler(logits, meta)
         for req, token, lp in zip(reqs, result.token_ids, result.logprobs):
-            out.sampled[req.request_id] = token
+            out.sampled[req.request_id] = [token]
             if lp is not None:
-                out.logprobs[req.request_id] = lp
+                out.logprobs[req.request_id] = [lp]
+
+    def _verify(self, out: ModelRunnerOutput, scheduled: list[ScheduledRequest], logits: torch.Tensor) -> None:
+        """logits [sum(drafts + 1), V] of the speculating requests, in order."""
+        reqs, drafts = [s.request for s in scheduled], [s.spec_token_ids for s in scheduled]
+        for req, draft, v in zip(reqs, drafts, verify_drafts(logits, reqs, drafts, self.vocab_size), strict=True):
+            out.sampled[req.request_id] = v.token_ids
+            out.num_rejected[req.request_id] = len(draft) - v.num_accepted
+            if v.logprobs is not None:
+                out.logprobs[req.request_id] = v.logprobs
 
 
 def _cumsum(values: list[int]) -> list[int]:

@@ -45,6 +45,12 @@ class Request:
     num_cached_blocks: int = 0  # leading blocks already registered in the prefix cache
     num_cached_prompt_tokens: int = 0  # prefix-cache hit at first scheduling (for stats)
     stop_reason: int | str | None = None
+    # speculative decoding: tokens proposed for the next step (not yet in all_token_ids), the draft's
+    # distribution they were sampled from ([k, V]; None: deterministic, as greedy or n-gram drafts),
+    # and how many leading tokens have KV in a separate draft model's cache
+    spec_token_ids: list[int] = field(default_factory=list)
+    spec_draft_probs: torch.Tensor | None = None
+    num_draft_computed_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
@@ -72,6 +78,10 @@ class Request:
 
     def append_token(self, token_id: int) -> None:
         self.all_token_ids.append(token_id)
+
+    def clear_draft(self) -> None:
+        self.spec_token_ids = []
+        self.spec_draft_probs = None
 
     def check_stop(self) -> RequestStatus | None:
         """After a token was appended: the finished status it causes, if any (stop strings are the detokenizer's)."""

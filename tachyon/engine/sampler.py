@@ -1,7 +1,8 @@
 """Turns the last-position logits of a batch into one token per request, plus logprobs on demand.
 
 The model runner builds a `SamplingMetadata` per step and calls `Sampler`; it also calls
-`prompt_logprobs` on prompt chunks. Order of work on the logits (vLLM-compatible):
+`token_logprobs` on prompt chunks. Speculative decoding reuses `filtered_probs` and `exponential_race`.
+Order of work on the logits (vLLM-compatible):
 
     raw logprobs -> min_tokens block -> repetition -> frequency/presence -> greedy argmax
                  -> temperature -> top_k -> top_p -> min_p -> exponential race with the row's generator
@@ -110,8 +111,9 @@ class Sampler:
         return SamplerOutput(tokens.tolist(), logprobs)
 
 
-def prompt_logprobs(logits: torch.Tensor, target_ids: torch.Tensor, num_top: int) -> list[PositionLogprobs]:
-    """`logits` [T, V] at prompt positions, `target_ids` [T] the prompt tokens that follow them."""
+def token_logprobs(logits: torch.Tensor, target_ids: torch.Tensor, num_top: int) -> list[PositionLogprobs]:
+    """`logits` [T, V] at T positions, `target_ids` [T] the tokens that follow them (prompt tokens, or
+    the tokens speculative decoding accepted): each one's raw logprob and rank, plus the top num_top."""
     logprobs = logits.to(torch.float32).log_softmax(-1)  # [T, V]
     return _position_logprobs(logprobs, target_ids.to(logprobs.device), [num_top] * len(target_ids))
 
@@ -125,6 +127,13 @@ def _sample(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
     if meta.all_greedy:
         return logits.argmax(-1)
     greedy_ids = logits.argmax(-1) if meta.greedy is not None else None  # [B]
+    random_ids = exponential_race(filtered_probs(logits, meta), meta.generators)  # [B]
+    return random_ids if greedy_ids is None else torch.where(meta.greedy, greedy_ids, random_ids)
+
+
+def filtered_probs(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+    """The distribution a random row samples from: temperature, top-k, top-p, then min-p.
+    `logits` [B, V] is modified in place; returns probs [B, V], rows summing to 1."""
     logits.div_(meta.temperature)
     if meta.top_k is not None:
         logits = apply_top_k(logits, meta.top_k, meta.max_top_k)
@@ -133,8 +142,13 @@ def _sample(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
     probs = logits.softmax(-1)  # [B, V]
     if meta.min_p is not None:
         probs = apply_min_p(probs, meta.min_p)
-    random_ids = probs.div_(_exponential_noise(probs, meta.generators)).argmax(-1)  # [B]
-    return random_ids if greedy_ids is None else torch.where(meta.greedy, greedy_ids, random_ids)
+        probs.div_(probs.sum(-1, keepdim=True))
+    return probs
+
+
+def exponential_race(probs: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
+    """One id per row of `probs` [B, V] (unnormalized is fine), drawn with the row's own generator."""
+    return (probs / _exponential_noise(probs, generators)).argmax(-1)
 
 
 def apply_penalties(logits: torch.Tensor, p: Penalties) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Continuous batching with one token budget per step (no separate prefill and decode phases).
 
-Each step: running requests first (one decode token each, or their next prefill chunk), then
+Each step: running requests first (one decode token each, plus the draft tokens speculative decoding
+proposed for it, or their next prefill chunk), then
 waiting requests in FCFS / priority order while the token budget, `max_num_seqs` and the KV pool
 allow. A running request that cannot get a block preempts the lowest-priority, newest running
 request (recompute: its blocks are freed and it re-enters the queue at the front). The model
@@ -36,12 +37,14 @@ class SchedulerConfig:
 @dataclass
 class ScheduledRequest:
     request: Request
-    num_new_tokens: int  # tokens to run this step, starting at request.num_computed_tokens
+    num_new_tokens: int  # tokens to run this step, starting at request.num_computed_tokens; drafts included
+    spec_token_ids: list[int] = field(default_factory=list)  # draft tokens to verify, after the known ones
 
     @property
     def completes_sequence(self) -> bool:
         """True when this step reaches the last known token, so a new token is sampled."""
-        return self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+        num_known = self.num_new_tokens - len(self.spec_token_ids)
+        return self.request.num_computed_tokens + num_known == self.request.num_tokens
 
 
 @dataclass
@@ -96,14 +99,18 @@ class Scheduler:
         for req in list(self.running):
             if budget == 0 or req not in self.running:
                 continue
-            num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            num_known = req.num_tokens - req.num_computed_tokens
+            spec = req.spec_token_ids[: max(0, budget - num_known)]
+            if spec and not self.kv.allocate_slots(req, num_known + len(spec)):
+                spec = []  # drafts are optional: drop them before preempting anyone
+            num_new = min(num_known, budget) + len(spec)
             while not self.kv.allocate_slots(req, num_new):
                 victim = self._pick_victim(exclude=scheduled)
                 self._preempt(victim, out)
                 if victim is req:
                     break
             else:
-                out.scheduled.append(ScheduledRequest(req, num_new))
+                out.scheduled.append(ScheduledRequest(req, num_new, spec))
                 scheduled.add(id(req))
                 budget -= num_new
         return budget
@@ -148,16 +155,22 @@ class Scheduler:
         self.running.remove(req)
         out.scheduled = [s for s in out.scheduled if s.request is not req]
         self.kv.free(req)
-        req.num_computed_tokens = 0
+        req.num_computed_tokens = req.num_draft_computed_tokens = 0
+        req.clear_draft()
         req.status = RequestStatus.PREEMPTED
         self.num_preemptions += 1
         self.waiting.appendleft(req)
         out.preempted.append(req)
         logger.debug("preempted %s (recompute %d tokens)", req.request_id, req.num_tokens)
 
-    def update_after_step(self, out: SchedulerOutput) -> None:
-        """Advance computed-token counts and publish newly full blocks to the prefix cache."""
+    def update_after_step(self, out: SchedulerOutput, num_rejected: dict[str, int] | None = None) -> None:
+        """Advance computed-token counts, roll back the KV slots of rejected draft tokens (request id ->
+        how many), and publish newly full blocks to the prefix cache."""
         self.num_scheduled_tokens += out.num_tokens
         for s in out.scheduled:
-            s.request.num_computed_tokens += s.num_new_tokens
-            self.kv.cache_full_blocks(s.request)
+            req = s.request
+            req.num_computed_tokens += s.num_new_tokens - (num_rejected or {}).get(req.request_id, 0)
+            if s.spec_token_ids:
+                req.clear_draft()
+                self.kv.trim(req, req.num_computed_tokens + 1)  # + the token this step sampled
+            self.kv.cache_full_blocks(req)

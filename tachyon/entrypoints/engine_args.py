@@ -80,6 +80,14 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="order of waiting requests; priority: lower value first, newest preempted first",
     )
     g.add_argument("--seed", type=int, default=0, help="seed for requests that do not give their own")
+    g.add_argument(
+        "--speculative-config",
+        default=None,
+        help='speculative decoding as JSON, in vLLM\'s spelling: {"method": "ngram", "num_speculative_tokens": 5, '
+        '"prompt_lookup_max": 4}, {"method": "draft_model", "model": DRAFT, ...} or {"method": "self_spec", '
+        '"num_draft_layers": 8, ...}; "disable_by_batch_size": N and "adaptive": false (always '
+        "num_speculative_tokens) are optional. Output is unchanged; it only gets faster at low concurrency",
+    )
 
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
@@ -101,4 +109,5 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         load_format=args.load_format,
         scheduling_policy=args.scheduling_policy,
         seed=args.seed,
+        speculative_config=args.speculative_config,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from itertools import islice
 
 import torch
 from torch import nn
@@ -115,9 +116,11 @@ class LlamaModel(nn.Module):
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, num_layers: int | None = None
+    ) -> torch.Tensor:
         x, residual = self.embed_tokens(input_ids), None  # [T, hidden]
-        for layer in self.layers:
+        for layer in islice(self.layers, num_layers):
             x, residual = layer(positions, x, residual, meta)
         x, _ = self.norm(x, residual)
         return x
@@ -139,9 +142,12 @@ class LlamaForCausalLM(nn.Module):
                 raise ValueError("a quantized lm_head is not supported; keep it in the checkpoint's `ignore` list")
             self.lm_head = Linear(hf_config.hidden_size, {"": hf_config.vocab_size}, dtype=dtype)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids, positions [T] -> hidden states [T, hidden]"""
-        return self.model(input_ids, positions, meta)
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, num_layers: int | None = None
+    ) -> torch.Tensor:
+        """input_ids, positions [T] -> hidden states [T, hidden]. `num_layers`: run only the first layers
+        (then the final norm), which is how self-speculative decoding drafts."""
+        return self.model(input_ids, positions, meta, num_layers)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]"""

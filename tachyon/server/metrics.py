@@ -37,6 +37,20 @@ class EngineStatsCollector:
         )
         yield _counter("tachyon:prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits)
         yield _counter("tachyon:num_preemptions", "Requests preempted to free KV blocks.", s.num_preemptions)
+        if s.spec_decode is not None:  # as vLLM: present only when speculative decoding is on
+            spec = s.spec_decode
+            yield _counter(
+                "tachyon:spec_decode_num_drafts", "Drafts verified (one per request and step).", spec.num_drafts
+            )
+            yield _counter(
+                "tachyon:spec_decode_num_steps", "Engine steps that verified drafts (drafts per step).", spec.num_steps
+            )
+            yield _counter(
+                "tachyon:spec_decode_num_draft_tokens", "Draft tokens proposed and verified.", spec.num_draft_tokens
+            )
+            yield _counter(
+                "tachyon:spec_decode_num_accepted_tokens", "Draft tokens the target accepted.", spec.num_accepted_tokens
+            )
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
@@ -66,21 +80,26 @@ class ServerMetrics:
 
     async def track(self, stream: AsyncIterator[RequestOutput], arrival: float) -> AsyncIterator[RequestOutput]:
         """Pass `stream` through, observing tokens and latencies of one engine request."""
-        seen, last, counted_prompt = 0, arrival, False
+        seen: dict[int, int] = {}  # sample index -> tokens seen
+        last, counted_prompt = arrival, False
         async for out in stream:
             now = time.monotonic()
             if not counted_prompt:
                 self.prompt_tokens.inc(len(out.prompt_token_ids))
                 counted_prompt = True
-            total = sum(len(c.token_ids) for c in out.outputs)
-            if total > seen:
-                if seen == 0:
+            new = {c.index: len(c.token_ids) - seen.get(c.index, 0) for c in out.outputs}
+            total_new = sum(new.values())
+            if total_new > 0:
+                if not any(seen.values()):
                     self.ttft.observe(now - arrival)
                 else:
-                    for _ in range(total - seen):  # one new token per running sample this step
-                        self.itl.observe(now - last)
-                self.generation_tokens.inc(total - seen)
-                seen, last = total, now
+                    for index, count in new.items():
+                        # speculative decoding can emit several tokens of a sample in one step: they share the gap
+                        for _ in range(count if seen.get(index) else 0):
+                            self.itl.observe((now - last) / count)
+                self.generation_tokens.inc(total_new)
+                seen.update({c.index: len(c.token_ids) for c in out.outputs})
+                last = now
             if out.finished:
                 self.e2e.observe(now - arrival)
             yield out

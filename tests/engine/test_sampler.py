@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import RepetitionPenaltyLogitsProcessor
 
-from tachyon.engine.sampler import Sampler, SamplingMetadata, apply_penalties, prompt_logprobs
+from tachyon.engine.sampler import Sampler, SamplingMetadata, apply_penalties, token_logprobs
 from tachyon.sampling_params import SamplingParams
 
 EOS = 0
@@ -342,7 +342,7 @@ def test_tied_logprobs_share_a_rank():
 def test_prompt_logprobs_gather_log_softmax_at_targets(num_top):
     logits = torch.randn(12, 100, generator=torch.Generator().manual_seed(14)) * 3
     targets = torch.randint(0, 100, (12,), generator=torch.Generator().manual_seed(15))
-    entries = prompt_logprobs(logits.to(torch.bfloat16).float(), targets, num_top)
+    entries = token_logprobs(logits.to(torch.bfloat16).float(), targets, num_top)
     raw = torch.log_softmax(logits.to(torch.bfloat16).float(), -1)
     assert len(entries) == 12
     for pos, entry in enumerate(entries):

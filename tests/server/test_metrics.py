@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.server.conftest import scrape
+from tests.server.conftest import scrape, start_server
 
 
 def test_metrics_after_requests(base_url, client, model_name):
@@ -43,3 +43,30 @@ def test_metrics_content_type(base_url):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert "# TYPE tachyon:time_to_first_token_seconds histogram" in r.text
     assert "# TYPE tachyon:num_requests_running gauge" in r.text
+
+
+def test_speculative_server_streams_the_same_text_and_counts_drafts(model_dir, client, model_name):
+    """`--speculative-config` in vLLM's spelling: same greedy stream as the plain server, and the
+    spec_decode counters in /metrics."""
+    from openai import OpenAI
+
+    prompt = "Repeat exactly: the printing press spread across Europe within fifty years. Repeat exactly:"
+    kwargs = {"model": model_name, "prompt": prompt, "max_tokens": 24, "temperature": 0}
+    plain = client.completions.create(**kwargs).choices[0].text
+    spec = '{"method": "ngram", "num_speculative_tokens": 4, "adaptive": false}'
+    with start_server(model_dir, "--speculative-config", spec) as server:
+        spec_client = OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        stream = spec_client.completions.create(**kwargs, stream=True)
+        assert "".join(chunk.choices[0].text for chunk in stream) == plain
+        metrics = scrape(server.url)
+    assert metrics["tachyon:spec_decode_num_draft_tokens_total"] > 0
+    assert (
+        0
+        < metrics["tachyon:spec_decode_num_accepted_tokens_total"]
+        <= metrics["tachyon:spec_decode_num_draft_tokens_total"]
+    )
+    assert metrics["tachyon:spec_decode_num_drafts_total"] >= metrics["tachyon:spec_decode_num_steps_total"] > 0
+
+
+def test_no_spec_decode_metrics_without_speculation(base_url):
+    assert not any(name.startswith("tachyon:spec_decode") for name in scrape(base_url))
