@@ -25,6 +25,17 @@ def parse_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+def parse_json_object(text: str, flag: str) -> dict:
+    """A flag's JSON object value, or a ValueError that names the flag."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{flag} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return value
+
+
 SPECULATIVE_METHODS = ("ngram", "draft_model", "self_spec")
 
 
@@ -69,10 +80,7 @@ class SpeculativeConfig:
         if value is None or isinstance(value, SpeculativeConfig):
             return value
         if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"--speculative-config is not valid JSON: {e}") from e
+            value = parse_json_object(value, "--speculative-config")
         if not isinstance(value, dict):
             raise ValueError("--speculative-config must be a JSON object")
         known = {f.name for f in fields(cls)}

@@ -24,6 +24,18 @@ def test_generate_on_default_model_matches_the_offline_api(model_dir):
     assert expected[0].outputs[0].text in run.stdout
 
 
+def test_generate_with_speculative_decoding_prints_acceptance_and_rejects_bad_configs():
+    prompt = "Say it again: the cat sat on the mat. Say it again:"
+    plain = _tachyon("generate", "--prompt", prompt, "--max-tokens", "12")
+    spec = _tachyon("generate", "--prompt", prompt, "--max-tokens", "12", "--speculative-config", '{"method": "ngram"}')
+    assert spec.returncode == 0, spec.stderr
+    assert spec.stdout == plain.stdout
+    assert "[speculative decoding:" in spec.stderr and "draft tokens accepted" in spec.stderr
+    for bad, message in (("{oops", "not valid JSON"), ('{"method": "eagle"}', "method"), ('{"k": 3}', "unknown")):
+        run = _tachyon("generate", "--speculative-config", bad)
+        assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr, run.stderr
+
+
 def test_help_explains_every_flag():
     run = _tachyon("generate", "--help")
     assert run.returncode == 0
@@ -36,6 +48,7 @@ def test_help_explains_every_flag():
         "--enable-prefix-caching",
         "--dtype",
         "--block-size",
+        "--speculative-config",
     ):
         assert flag in run.stdout
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -19,6 +18,7 @@ from tachyon.bench.report import Progress, check_output_paths, render_compare, r
 from tachyon.bench.results import load_json
 from tachyon.bench.runner import BenchConfig, DataConfig, run_benchmark
 from tachyon.bench.scheduler import Limits
+from tachyon.config import parse_json_object
 
 DESCRIPTION = """\
 Load-benchmark an OpenAI-compatible server (tachyon serve, vLLM, ...): stream requests on a schedule
@@ -291,15 +291,7 @@ def _dist(args: argparse.Namespace, kind: str) -> TokenDist:
 
 
 def _json_object(text: str | None) -> dict:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--extra-body is not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise ValueError("--extra-body must be a JSON object")
-    return value
+    return parse_json_object(text, "--extra-body") if text else {}
 
 
 def _bench(args: argparse.Namespace) -> int:
