@@ -16,8 +16,8 @@ from tests.data.prompts import PROMPTS
 ENGINE = {"max_num_batched_tokens": 64, "enable_prefix_caching": True, "kv_cache_memory": 64 << 20}
 # The paragraph prompts share their first ~100 tokens (prefix-cache hits) and need chunks of 64.
 MIX = [PROMPTS[8], PROMPTS[9], PROMPTS[11], PROMPTS[13], "Repeat this sentence: " + PROMPTS[8][:300], PROMPTS[5]]
-GREEDY = SamplingParams(temperature=0, max_tokens=40)
-NO_SPEC = SamplingParams(temperature=0, max_tokens=40, repetition_penalty=1.2)  # penalties: never speculates
+GREEDY = SamplingParams(temperature=0, max_tokens=32)
+NO_SPEC = SamplingParams(temperature=0, max_tokens=32, repetition_penalty=1.2)  # penalties: never speculates
 
 
 def _params(i: int) -> SamplingParams:
@@ -80,12 +80,12 @@ def test_many_rejections_in_a_tight_pool_leak_no_blocks(model_dir, plain):
 
 
 SAMPLING_PROMPT = "Pick a fruit: apple, pear, plum, apple, plum, pear, plum, apple,"  # spread, repetitive
-SAMPLING_ENGINE = {"max_num_seqs": 240}
+SAMPLING_ENGINE = {"max_num_seqs": 200}
 
 
 def _samples(llm: LLM) -> list[list[int]]:
-    params = [SamplingParams(n=80, temperature=1.0, max_tokens=4, seed=seed * 1000) for seed in range(3)]
-    outs = llm.generate([SAMPLING_PROMPT] * 3, params)
+    params = [SamplingParams(n=100, temperature=1.0, max_tokens=4, seed=seed * 1000) for seed in range(2)]
+    outs = llm.generate([SAMPLING_PROMPT] * 2, params)
     return [c.token_ids for o in outs for c in o.outputs]
 
 
@@ -96,14 +96,14 @@ def plain_samples(model_dir) -> list[list[int]]:
 
 @pytest.mark.parametrize("method", ["ngram", "self_spec"])
 def test_sampled_tokens_follow_the_plain_distribution(model_dir, plain_samples, method):
-    """Chi-square test of homogeneity on each drafted position: 240 seeded samples with and without
+    """Chi-square test of homogeneity on each drafted position: 200 seeded samples with and without
     speculation (n-gram drafts are point masses, self-speculation drafts are sampled: both paths of the
     rejection sampler). Fixed seeds make the test deterministic."""
     spec = {"method": method, "num_speculative_tokens": 3, "num_draft_layers": 10, "adaptive": False}
     llm = LLM(model_dir, speculative_config=spec, **SAMPLING_ENGINE)
     speculative, plain = _samples(llm), plain_samples
     stats = llm.engine.stats().spec_decode
-    assert stats.num_draft_tokens > 300 and 0 < stats.num_accepted_tokens < stats.num_draft_tokens
+    assert stats.num_draft_tokens > 250 and 0 < stats.num_accepted_tokens < stats.num_draft_tokens
     assert speculative != plain  # different random draws ...
     for position in range(1, 4):  # ... from the same distributions (position 0 is sampled before any draft)
         a = Counter(s[position] for s in plain if len(s) > position)

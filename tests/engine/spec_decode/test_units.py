@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from tachyon.config import SpeculativeConfig
 from tachyon.engine.kv_cache_manager import KVCacheManager
 from tachyon.engine.request import Request
 from tachyon.engine.scheduler import Scheduler, SchedulerConfig
@@ -27,6 +28,29 @@ def _request(i: int, temperature: float, seed: int) -> Request:
         max_model_len=64,
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{oops", "not valid JSON"),
+        ("[1]", "JSON object"),
+        ('{"method": "eagle"}', "method must be one of"),
+        ('{"k": 3}', "unknown --speculative-config keys ['k']"),
+        ('{"method": "draft_model"}', 'needs "model"'),
+        ('{"num_speculative_tokens": 0}', "at least 1"),
+    ],
+)
+def test_speculative_config_errors_name_the_problem(value, message):
+    with pytest.raises(ValueError) as e:
+        SpeculativeConfig.parse(value)
+    assert message in str(e.value)
+
+
+def test_speculative_config_in_vllm_spelling():
+    config = SpeculativeConfig.parse('{"model": "draft", "num_speculative_tokens": 4}')
+    assert (config.method, config.num_speculative_tokens, config.model) == ("draft_model", 4, "draft")
+    assert SpeculativeConfig.parse({"method": "ngram", "prompt_lookup_max": 3}).prompt_lookup_max == 3
 
 
 def test_ngram_proposes_what_followed_the_longest_most_recent_match():
