@@ -120,10 +120,12 @@ def test_seeded_request_samples_the_same_alone_and_in_a_batch(model_dir):
     spec = {"method": "ngram", "num_speculative_tokens": 4, "adaptive": False}
     llm = LLM(model_dir, speculative_config=spec)
     params = SamplingParams(temperature=0.8, max_tokens=32, seed=11)
-    alone = llm.generate(PROMPTS[8], params)[0].outputs[0].token_ids
-    batch = llm.generate([PROMPTS[2], PROMPTS[8], PROMPTS[11]], [GREEDY, params, SamplingParams(temperature=1.0)])
+    copying = "Say it again: the cat sat on the mat. Say it again: the cat sat on the mat. Say it again:"
+    alone = llm.generate(copying, params)[0].outputs[0].token_ids
+    accepted_alone = llm.engine.stats().spec_decode.num_accepted_tokens
+    batch = llm.generate([PROMPTS[2], copying, PROMPTS[11]], [GREEDY, params, SamplingParams(temperature=1.0)])
     assert batch[1].outputs[0].token_ids == alone
-    assert llm.engine.stats().spec_decode.num_accepted_tokens > 0
+    assert accepted_alone > 0
 
 
 def test_adaptive_speculation_switches_off_for_a_large_batch(model_dir, caplog):
