@@ -13,13 +13,13 @@ SmolLM2 has no smaller sibling; self-speculation runs the same layers inside the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 
 from tachyon import LLM, SamplingParams
 from tachyon.corpus import read_corpus
+from tachyon.models.convert import save_first_layers
 
 TASKS = {
     "edit": "Rewrite the following text, fixing any spelling or grammar mistakes. Keep everything else the same.\n\n{}",
@@ -30,33 +30,6 @@ TASKS = {
 def articles(num: int, max_words: int = 120) -> list[str]:
     docs = [d for d in read_corpus() if len(d.split()) >= 60]
     return [" ".join(d.split()[:max_words]) for d in docs[:num]]
-
-
-def shallow_copy(model: str | None, num_layers: int, folder: str) -> str:
-    """The target's first layers as a stand-alone draft model (HF folder)."""
-    from safetensors.torch import load_file, save_file
-
-    from tachyon.models.convert import convert_gguf
-    from tachyon.models.loader import default_model_path
-
-    if model and os.path.isdir(model):
-        full = model
-    else:
-        full = convert_gguf(model or default_model_path(), os.path.join(folder, "full"))
-    out = os.path.join(folder, f"draft-{num_layers}")
-    os.makedirs(out)
-    for name in os.listdir(full):
-        if name not in ("model.safetensors", "config.json"):
-            os.link(os.path.join(full, name), os.path.join(out, name))
-    with open(os.path.join(full, "config.json")) as f:
-        config = json.load(f)
-    config["num_hidden_layers"] = num_layers
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config, f)
-    tensors = load_file(os.path.join(full, "model.safetensors"))
-    keep = {n: t for n, t in tensors.items() if not n.startswith("model.layers.") or int(n.split(".")[2]) < num_layers}
-    save_file(keep, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-    return out
 
 
 def single_stream(llm: LLM, conversations, max_tokens: int) -> tuple[float, list[list[int]]]:
@@ -101,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="spec-bench-")
-    draft = shallow_copy(args.model, args.draft_layers, tmp)
+    draft = save_first_layers(args.model, args.draft_layers, os.path.join(tmp, f"draft-{args.draft_layers}"))
     methods = {
         "plain": None,
         "ngram k=5": {"method": "ngram", "num_speculative_tokens": 5},

@@ -5,12 +5,14 @@ The `tachyon convert` command calls `convert_gguf`.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Sized
+from collections.abc import Iterable, Iterator, Sized
 
 import torch
 from tqdm.auto import tqdm
@@ -31,6 +33,32 @@ def convert_gguf(
     return save_model_source(
         load_model_source(gguf_file), out_dir, overwrite=overwrite, max_shard_bytes=max_shard_bytes
     )
+
+
+def save_first_layers(model: str | None, num_layers: int, out_dir: str, *, overwrite: bool = False) -> str:
+    """The model's first `num_layers` decoder layers, with its embeddings, final norm and LM head, as an HF
+    folder: a draft model with the model's own tokenizer, or a shallow copy that tests calibrate in seconds."""
+    source = load_model_source(model)
+    if not 0 < num_layers <= source.hf_config.num_hidden_layers:
+        raise ValueError(f"num_layers must be in [1, {source.hf_config.num_hidden_layers}], got {num_layers}")
+    config = copy.deepcopy(source.hf_config)
+    config.num_hidden_layers = num_layers
+    weights = _FirstLayers(source, num_layers)
+    return save_model_source(
+        dataclasses.replace(source, hf_config=config, weights=weights), out_dir, overwrite=overwrite
+    )
+
+
+class _FirstLayers:
+    """Re-iterable (name, tensor) pairs of a source without its decoder layers from `num_layers` on."""
+
+    def __init__(self, source: ModelSource, num_layers: int) -> None:
+        self.source, self.num_layers = source, num_layers
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in self.source.iter_weights():
+            if not name.startswith("model.layers.") or int(name.split(".")[2]) < self.num_layers:
+                yield name, tensor
 
 
 def save_model_source(

@@ -13,7 +13,7 @@ from tokenizers.pre_tokenizers import ByteLevel
 from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, Qwen2Config, Qwen3Config
 from transformers.integrations.gguf.reader import read_gguf_metadata
 
-from tachyon.models.convert import convert_gguf, save_model_source
+from tachyon.models.convert import convert_gguf, save_first_layers, save_model_source
 from tachyon.models.gguf import GGUFWeights, hf_tensor_name, unpermute_qk
 from tachyon.models.loader import ModelLoadError, ModelSource, load_model_source
 
@@ -125,6 +125,18 @@ def test_converted_folder_loads_in_transformers(converted, hf_gguf_model):
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
     with torch.no_grad():
         torch.testing.assert_close(model(PROMPT_IDS).logits, hf_gguf_model(PROMPT_IDS).logits, atol=1e-5, rtol=0)
+
+
+def test_first_layers_folder_equals_transformers_truncating_the_model(shallow_model_dir, model_dir, tmp_path):
+    """`save_first_layers` (the draft / shallow test model) against HF loading the full checkpoint with
+    fewer layers."""
+    shallow = AutoModelForCausalLM.from_pretrained(shallow_model_dir, dtype=torch.float32).eval()
+    truncated = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, num_hidden_layers=3).eval()
+    assert shallow.config.num_hidden_layers == 3
+    with torch.no_grad():
+        torch.testing.assert_close(shallow(PROMPT_IDS).logits, truncated(PROMPT_IDS).logits, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="num_layers"):
+        save_first_layers(model_dir, 0, str(tmp_path / "none"))
 
 
 def test_convert_refuses_a_non_empty_folder(gguf_path, tmp_path):
