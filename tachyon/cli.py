@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from tachyon.bench.cli import add_bench_parser
@@ -18,6 +19,8 @@ def _generate(args: argparse.Namespace) -> int:
     from tachyon.sampling_params import SamplingParams
 
     config = engine_config_from_args(args)
+    if _torchrun_worker(config):
+        return 0
     llm = LLM(**vars(config))
     params = SamplingParams(
         max_tokens=args.max_tokens,
@@ -48,7 +51,20 @@ def _generate(args: argparse.Namespace) -> int:
             f"{spec.drafts_per_step:.1f} drafts per step]",
             file=sys.stderr,
         )
+    llm.shutdown()
     return 0
+
+
+def _torchrun_worker(config) -> bool:
+    """Under torchrun, ranks other than 0 mirror rank 0's model calls instead of running the command."""
+    from tachyon.distributed.parallel_state import launched_by_torchrun
+
+    if config.tensor_parallel_size == 1 or not launched_by_torchrun() or int(os.environ["RANK"]) == 0:
+        return False
+    from tachyon.distributed.workers import serve_torchrun_worker
+
+    serve_torchrun_worker(config)
+    return True
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -167,6 +183,8 @@ def _add_compress_parser(sub) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from tachyon.server.api_server import run_server
 
+    if _torchrun_worker(engine_config_from_args(args)):
+        return 0
     return run_server(args)
 
 
@@ -191,6 +209,26 @@ def _add_serve_parser(sub) -> None:
         help="model name in the API (default: the model path's basename, or SmolLM2-135M-Instruct)",
     )
     g.add_argument("--chat-template", default=None, help="chat template file, or the Jinja template itself")
+    g.add_argument(
+        "--role",
+        default="colocated",
+        choices=["colocated", "prefill", "decode"],
+        help="disaggregated serving behind `tachyon router`: prefill instances compute prompts and keep their KV "
+        "for decode instances, which fetch it and generate; colocated: do both",
+    )
+    g.add_argument(
+        "--kv-host",
+        default=None,
+        help="prefill role: the address decode instances reach this host's KV export server at (default: --host, "
+        "or 127.0.0.1 when --host is 0.0.0.0)",
+    )
+    g.add_argument("--kv-port", type=int, default=0, help="prefill role: KV export server port (0: any free port)")
+    g.add_argument(
+        "--kv-connector",
+        default="tcp",
+        choices=["tcp", "shm"],
+        help="decode role: how fetched KV travels: tcp (any two hosts) or shm (shared memory, same host)",
+    )
     g.add_argument(
         "--max-waiting-requests",
         type=int,

@@ -110,9 +110,20 @@ class EngineConfig:
     scheduling_policy: str = "fcfs"
     seed: int = 0
     speculative_config: SpeculativeConfig | dict | str | None = None
+    tensor_parallel_size: int = 1  # ranks (processes, one GPU each on CUDA) that split every layer
+    kv_transfer_timeout: float = 60.0  # seconds a finished prefill's KV waits for a decode instance to fetch it
 
     def __post_init__(self) -> None:
         self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
+        if self.kv_transfer_timeout <= 0:
+            raise ValueError(f"--kv-transfer-timeout must be positive seconds, got {self.kv_transfer_timeout}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"--tensor-parallel-size must be at least 1, got {self.tensor_parallel_size}")
+        spec = self.speculative_config
+        if self.tensor_parallel_size > 1 and spec is not None and spec.method == "draft_model":
+            raise ValueError(
+                "a separate draft model does not run with --tensor-parallel-size > 1 yet; use ngram or self_spec"
+            )
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ValueError(f"--dtype must be auto or one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

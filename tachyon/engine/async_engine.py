@@ -46,13 +46,20 @@ class AsyncLLMEngine:
         return self.engine.tokenizer
 
     async def generate(
-        self, prompt: str | list[int], params: SamplingParams, request_id: str, priority: int = 0
+        self,
+        prompt: str | list[int],
+        params: SamplingParams,
+        request_id: str,
+        priority: int = 0,
+        kv_transfer_id: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yields an output after every step that touched the request; raises ValueError for bad input.
         Leaving the iteration early (client gone, task cancelled) aborts the request."""
         if self._error is not None:
             raise EngineDeadError(f"engine loop failed: {self._error!r}")
-        state = await asyncio.to_thread(self.engine.prepare_request, prompt, params, request_id, priority)
+        state = await asyncio.to_thread(
+            self.engine.prepare_request, prompt, params, request_id, priority, kv_transfer_id
+        )
         outputs: asyncio.Queue = asyncio.Queue()
         self._queues[request_id] = (asyncio.get_running_loop(), outputs)
         self._send("submit", state)
@@ -75,6 +82,11 @@ class AsyncLLMEngine:
         """Abort before the next step; frees the request's blocks."""
         self._send("abort", request_id)
 
+    def import_kv(self, blocks: dict) -> None:
+        """Put fetched KV blocks (hash -> bytes) into the pool before the next step, so a request submitted
+        after this call finds them in the prefix cache."""
+        self._send("import", blocks)
+
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
@@ -82,6 +94,7 @@ class AsyncLLMEngine:
         self._stopped = True
         self._wake.set()
         self._thread.join(timeout=30)
+        self.engine.shutdown()
 
     def _send(self, verb: str, arg) -> None:
         self._commands.put((verb, arg))
@@ -93,7 +106,8 @@ class AsyncLLMEngine:
             try:
                 self._apply_commands()
                 if not self.engine.has_unfinished_requests():
-                    self._wake.wait()
+                    self.engine.parking.collect()  # parked KV expires even while nothing runs
+                    self._wake.wait(timeout=1.0 if self.engine.parking else None)
                     continue
                 outputs = self.engine.step()
             except BaseException as e:  # a crash must reach every waiting client, not hang them
@@ -111,6 +125,8 @@ class AsyncLLMEngine:
                 return
             if verb == "abort":
                 self.engine.abort(arg)
+            elif verb == "import":
+                self.engine.import_kv(arg)
             elif arg.request_id in self._queues:  # not already abandoned by its caller
                 try:
                     self.engine.submit(arg)

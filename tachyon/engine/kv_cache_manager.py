@@ -42,6 +42,14 @@ def hash_block(parent_hash: int | None, token_ids: tuple[int, ...], salt: str | 
     return int.from_bytes(digest, "little")
 
 
+def extend_block_hashes(hashes: list[int], token_ids: list[int], block_size: int, salt: str | None) -> list[int]:
+    """Extend the hash chain `hashes` over every full block of `token_ids`; returns `hashes`."""
+    for i in range(len(hashes), len(token_ids) // block_size):
+        parent = hashes[-1] if hashes else None
+        hashes.append(hash_block(parent, tuple(token_ids[i * block_size : (i + 1) * block_size]), salt))
+    return hashes
+
+
 class KVCacheManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
         self.block_size = block_size
@@ -65,10 +73,7 @@ class KVCacheManager:
 
     def update_block_hashes(self, req: Request) -> None:
         """Extend the request's hash chain over every full block of its tokens."""
-        bs = self.block_size
-        for i in range(len(req.block_hashes), req.num_tokens // bs):
-            parent = req.block_hashes[-1] if req.block_hashes else None
-            req.block_hashes.append(hash_block(parent, tuple(req.all_token_ids[i * bs : (i + 1) * bs]), req.cache_salt))
+        extend_block_hashes(req.block_hashes, req.all_token_ids, self.block_size, req.cache_salt)
 
     def find_cached_prefix(self, req: Request) -> list[Block]:
         """Leading blocks of `req` already in the cache. The last token is always recomputed, so
@@ -153,10 +158,40 @@ class KVCacheManager:
 
     def free(self, req: Request) -> None:
         """Return the request's blocks; cached ones stay findable until evicted."""
-        for block_id in reversed(req.block_ids):
+        self.release(list(reversed(req.block_ids)))
+        req.block_ids = []
+        req.num_cached_blocks = 0
+
+    def hold(self, block_ids: list[int]) -> None:
+        """One more reference to blocks a request owns (KV parked for another instance to fetch)."""
+        for block_id in block_ids:
+            self.blocks[block_id].ref_count += 1
+
+    def release(self, block_ids: list[int]) -> None:
+        """Drop one reference each; a block nobody holds joins the free queue's tail, in this order."""
+        for block_id in block_ids:
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free_queue[block_id] = block
-        req.block_ids = []
-        req.num_cached_blocks = 0
+
+    def import_blocks(self, block_hashes: list[int]) -> list[tuple[int, int]]:
+        """Take free blocks for KV computed elsewhere: each hash not already cached gets a block, registered
+        in the prefix cache and left free (evictable, most recently used), for the caller to fill before the
+        next step. Returns (hash, block id) pairs, stopping early if the pool has no free block left."""
+        taken = []
+        for block_hash in block_hashes:
+            if block_hash in self.cached:
+                continue
+            if not self.free_queue:
+                break
+            block = self._pop_free_block()
+            block.block_hash = block_hash
+            self.cached[block_hash] = block
+            taken.append((block_hash, block.block_id))
+        self.release([block_id for _, block_id in taken])
+        return taken
+
+    def missing_blocks(self, block_hashes: list[int]) -> list[int]:
+        """The hashes the prefix cache does not hold (a decode instance fetches only those)."""
+        return [h for h in block_hashes if h not in self.cached]

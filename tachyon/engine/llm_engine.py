@@ -13,14 +13,18 @@ from dataclasses import dataclass
 import torch
 
 from tachyon.config import EngineConfig
+from tachyon.distributed.kv_transfer.parking import KVParking
+from tachyon.distributed.parallel_state import launched_by_torchrun
+from tachyon.distributed.workers import WorkerGroup, rank_device
 from tachyon.engine.detokenizer import IncrementalDetokenizer
-from tachyon.engine.kv_cache_manager import KVCacheManager
+from tachyon.engine.kv_cache_manager import KVCacheManager, extend_block_hashes
 from tachyon.engine.model_runner import ModelRunner, ModelRunnerOutput
 from tachyon.engine.outputs import CompletionOutput, PositionLogprobs, RequestOutput
 from tachyon.engine.request import Request, RequestStatus
 from tachyon.engine.scheduler import Scheduler, SchedulerConfig
 from tachyon.engine.spec_decode.speculator import SpecDecodeStats, Speculator
 from tachyon.models.loader import load_model_source
+from tachyon.models.registry import model_class_for
 from tachyon.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -61,6 +65,7 @@ class EngineStats:
     prefix_cache_queries: int
     prefix_cache_hits: int
     num_preemptions: int
+    num_parked_blocks: int = 0  # prefill role: blocks held for decode instances to fetch
     spec_decode: SpecDecodeStats | None = None  # None: speculative decoding is off
 
 
@@ -69,10 +74,32 @@ class LLMEngine:
         self.config = config
         self.source = load_model_source(config.model, tokenizer=config.tokenizer, load_format=config.load_format)
         self.tokenizer = self.source.tokenizer
-        device = config.resolve_device()
+        device = rank_device(config, 0)
         dtype = config.resolve_dtype(self.source.hf_config, device)
         self.max_model_len = config.max_model_len or self.source.hf_config.max_position_embeddings
-        self.runner = ModelRunner(config, self.source, device, dtype)
+        self.workers = self._start_workers(device) if config.tensor_parallel_size > 1 else None
+        try:
+            self._init_model_and_cache(device, dtype)
+        except BaseException:
+            if self.workers:
+                self.workers.shutdown(graceful=False)
+            raise
+        self.eos_token_ids = frozenset(self.source.eos_token_ids)
+        self._states: dict[str, _RequestState] = {}
+        self._seq_of: dict[str, tuple[_RequestState, _Sequence]] = {}
+        self._seed_rng = torch.Generator().manual_seed(config.seed)
+        self._ids = itertools.count()
+
+    def _start_workers(self, device: torch.device) -> WorkerGroup:
+        size = self.config.tensor_parallel_size
+        model_class_for(self.source.hf_config).check_tensor_parallel(self.source.hf_config, size)
+        if device.type == "cuda" and torch.cuda.device_count() < size and not launched_by_torchrun():
+            raise ValueError(f"--tensor-parallel-size {size} needs {size} GPUs; torch sees {torch.cuda.device_count()}")
+        return WorkerGroup.start(self.config, device)
+
+    def _init_model_and_cache(self, device: torch.device, dtype: torch.dtype) -> None:
+        config = self.config
+        self.runner = ModelRunner(config, self.source, device, dtype, self.workers)
         spec = config.speculative_config
         self.speculator = Speculator(spec, config, self.runner) if spec is not None else None
         draft_kv_bytes = self.speculator.kv_bytes_per_block if self.speculator else 0
@@ -85,6 +112,7 @@ class LLMEngine:
             self.speculator.profile(config.max_num_seqs, config.max_num_batched_tokens)
         self.runner.capture_cuda_graphs(self.max_model_len)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.parking = KVParking(self.kv, config.kv_transfer_timeout)
         self.scheduler = Scheduler(
             SchedulerConfig(
                 max_num_seqs=config.max_num_seqs,
@@ -104,11 +132,39 @@ class LLMEngine:
             num_tokens / self.max_model_len,
             self.max_model_len,
         )
-        self.eos_token_ids = frozenset(self.source.eos_token_ids)
-        self._states: dict[str, _RequestState] = {}
-        self._seq_of: dict[str, tuple[_RequestState, _Sequence]] = {}
-        self._seed_rng = torch.Generator().manual_seed(config.seed)
-        self._ids = itertools.count()
+        if self.workers:
+            size = config.tensor_parallel_size
+            logger.info("Tensor parallel: %d ranks, each with 1/%d of every layer and of the KV heads", size, size)
+
+    # ---- KV transfer (disaggregated prefill/decode) ---------------------------------------------
+    @property
+    def kv_layout(self) -> str:
+        """What a block of this engine's KV pool holds; two instances can exchange blocks only if equal."""
+        a, r = self.runner.attn_layers[0], self.runner
+        kv_dtype = self.config.kv_cache_dtype if self.config.kv_cache_dtype != "auto" else str(r.dtype)
+        return (
+            f"{len(r.attn_layers)} layers x {self.kv.block_size} tokens x {a.num_kv_heads} KV heads x {a.head_dim}, "
+            f"{kv_dtype}, {r.kv_bytes_per_block} bytes"
+        )
+
+    def prompt_block_hashes(self, token_ids: list[int], cache_salt: str | None = None) -> list[int]:
+        """Hashes of the prompt blocks a prefix-cache hit could cover (the last token is always computed)."""
+        num_blocks = (len(token_ids) - 1) // self.kv.block_size
+        return extend_block_hashes([], token_ids[: num_blocks * self.kv.block_size], self.kv.block_size, cache_salt)
+
+    def import_kv(self, blocks: dict[int, torch.Tensor]) -> int:
+        """Put KV computed elsewhere (block hash -> its bytes, in prompt order) into free blocks of the pool,
+        as prefix-cache entries that the next request with this prompt adopts; returns how many were new."""
+        taken = self.kv.import_blocks(list(blocks))
+        if taken:
+            self.runner.write_kv_blocks([b for _, b in taken], torch.stack([blocks[h] for h, _ in taken]))
+        return len(taken)
+
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers, if any (the engine is unusable afterwards)."""
+        if self.workers:
+            self.workers.shutdown()
+            self.workers = None
 
     # ---- admission ---------------------------------------------------------------------------
     def add_request(
@@ -127,9 +183,11 @@ class LLMEngine:
         params: SamplingParams | None = None,
         request_id: str | None = None,
         priority: int = 0,
+        kv_transfer_id: str | None = None,
     ) -> _RequestState:
         """Tokenize and validate without touching the engine's queues, so another thread may call it
-        while the engine steps; `submit` then queues the result."""
+        while the engine steps; `submit` then queues the result. `kv_transfer_id`: park the prompt's KV
+        under this id when the request finishes, for a decode instance to fetch (disaggregated prefill)."""
         params = params or SamplingParams()
         request_id = request_id if request_id is not None else str(next(self._ids))
         if request_id in self._states:
@@ -137,6 +195,8 @@ class LLMEngine:
         text, token_ids = self._tokenize(prompt)
         self._check_prompt(token_ids, params)
         seqs = [self._new_sequence(request_id, i, token_ids, params, priority) for i in range(params.n)]
+        for seq in seqs:
+            seq.req.kv_transfer_id = kv_transfer_id
         wants_prompt_lp = params.prompt_logprobs is not None
         return _RequestState(request_id, text, token_ids, params, seqs, [None] if wants_prompt_lp else None)
 
@@ -210,6 +270,15 @@ class LLMEngine:
         return self.scheduler.has_unfinished
 
     def step(self) -> list[RequestOutput]:
+        try:
+            return self._step()
+        except RuntimeError as e:  # a collective failed: say which tensor-parallel worker died
+            if self.workers:
+                self.workers.raise_if_dead(e)
+            raise
+
+    def _step(self) -> list[RequestOutput]:
+        self.parking.collect()
         sched = self.scheduler.schedule()
         if not sched.scheduled:
             return self._drop_unschedulable()
@@ -262,6 +331,8 @@ class LLMEngine:
             status = RequestStatus.FINISHED_STOPPED
             req.stop_reason = seq.detok.matched_stop
         if status is not None:
+            if req.kv_transfer_id is not None:
+                self.parking.park(req.kv_transfer_id, req)
             self.scheduler.finish(req, status)
         return status is not None
 
@@ -307,5 +378,6 @@ class LLMEngine:
             prefix_cache_queries=self.kv.stats.queries,
             prefix_cache_hits=self.kv.stats.hits,
             num_preemptions=self.scheduler.num_preemptions,
+            num_parked_blocks=self.parking.num_blocks,
             spec_decode=dataclasses.replace(self.speculator.stats) if self.speculator else None,
         )

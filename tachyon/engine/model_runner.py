@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tachyon.config import EngineConfig
+from tachyon.distributed.workers import WorkerGroup
 from tachyon.engine.cuda_graphs import DecodeGraphs
 from tachyon.engine.outputs import PositionLogprobs
 from tachyon.engine.sampler import Sampler, SamplingMetadata, token_logprobs
@@ -39,8 +40,14 @@ class ModelRunnerOutput:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, source, device: torch.device, dtype: torch.dtype) -> None:
+    """With tensor parallelism every rank has one; the driver's (rank 0) holds `workers` and has them mirror
+    each model call (`forward`, `compute_logits`, the KV pool's allocation) before making it itself."""
+
+    def __init__(
+        self, config: EngineConfig, source, device: torch.device, dtype: torch.dtype, workers: WorkerGroup | None = None
+    ) -> None:
         self.config, self.device, self.dtype = config, device, dtype
+        self.workers = workers
         self.block_size = config.block_size
         self.model = create_model(source, dtype, device, load_format=config.load_format)
         self.vocab_size = source.hf_config.vocab_size
@@ -56,6 +63,9 @@ class ModelRunner:
             layer.backend = self.backend
         self.sampler = Sampler()
         self.use_cuda_graphs = device.type == "cuda" and not config.enforce_eager
+        if self.use_cuda_graphs and config.tensor_parallel_size > 1:
+            logger.warning("CUDA graphs are not captured with tensor parallelism yet; decode steps run eagerly")
+            self.use_cuda_graphs = False
         if self.use_cuda_graphs and self.backend.name != "triton":
             logger.warning("CUDA graphs need the triton attention backend; running %s eagerly", self.backend.name)
             self.use_cuda_graphs = False
@@ -83,20 +93,14 @@ class ModelRunner:
         self.allocate_kv_cache(num_blocks)
         torch.cuda.reset_peak_memory_stats(self.device)
         hidden = self.forward(
-            torch.zeros(num_tokens, dtype=torch.long, device=self.device),
-            list(range(num_tokens)),
-            [num_tokens],
-            [num_tokens],
-            [list(range(num_blocks))],
+            [0] * num_tokens, list(range(num_tokens)), [num_tokens], [num_tokens], [list(range(num_blocks))]
         )
-        self.model.compute_logits(hidden[: self.config.max_num_seqs])  # the largest sampling step's logits
+        self.compute_logits(hidden, slice(0, self.config.max_num_seqs))  # the largest sampling step's logits
         del hidden
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device)
         graphs = self._profile_decode_graph_memory() if self.use_cuda_graphs else 0
-        for layer in self.attn_layers:  # drop the throwaway cache
-            layer.kv_cache = layer.kv_scales = None
-        torch.cuda.empty_cache()
+        self.release_kv_cache()
         free, total = torch.cuda.mem_get_info(self.device)
         in_use_elsewhere = total - free - torch.cuda.memory_reserved(self.device)
         budget = int(total * self.config.gpu_memory_utilization) - peak - graphs - in_use_elsewhere
@@ -118,8 +122,8 @@ class ModelRunner:
         n = self.config.max_num_seqs
         base = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        ids = torch.zeros(n, dtype=torch.long, device=self.device)
-        self.model.compute_logits(self.forward(ids, [0] * n, [1] * n, [1] * n, [[0]] * n))
+        hidden = self.forward([0] * n, [0] * n, [1] * n, [1] * n, [[0]] * n)
+        self.compute_logits(hidden, slice(0, n))
         torch.cuda.synchronize(self.device)
         return torch.cuda.max_memory_allocated(self.device) - base
 
@@ -132,12 +136,50 @@ class ModelRunner:
         self.graphs.capture()
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
+        if self.workers:
+            self.workers.call("allocate_kv_cache", num_blocks)
         a = self.attn_layers[0]
         shape = (2, num_blocks, self.block_size, a.num_kv_heads, a.head_dim)
         for layer in self.attn_layers:
             layer.kv_cache = torch.zeros(shape, dtype=self.kv_dtype or self.dtype, device=self.device)
             if self.kv_dtype is not None:
                 layer.kv_scales = torch.ones(shape[:-1], dtype=SCALE_DTYPE, device=self.device)
+
+    def read_kv_blocks(self, block_ids: list[int]) -> torch.Tensor:
+        """Everything the cache holds for these blocks, every layer's keys, values (and 8-bit scales), as
+        bytes: uint8 [len(block_ids), kv_bytes_per_block] on the CPU, for moving KV to another instance."""
+        index = torch.tensor(block_ids, device=self.device)
+        parts = []
+        for layer in self.attn_layers:
+            for t in (layer.kv_cache, layer.kv_scales):
+                if t is not None:  # [2, blocks, ...] -> [n, 2 * ...] bytes
+                    parts.append(t.index_select(1, index).transpose(0, 1).contiguous().view(torch.uint8).flatten(1))
+        return torch.cat(parts, dim=1).cpu()
+
+    def write_kv_blocks(self, block_ids: list[int], data: torch.Tensor) -> None:
+        """The inverse of `read_kv_blocks`: store uint8 [len(block_ids), kv_bytes_per_block] into these blocks."""
+        index = torch.tensor(block_ids, device=self.device)
+        data = data.to(self.device)
+        offset = 0
+        for layer in self.attn_layers:
+            for t in (layer.kv_cache, layer.kv_scales):
+                if t is not None:
+                    shape = (len(block_ids), 2, *t.shape[2:])
+                    size = t.element_size() * t[:, 0].numel()
+                    chunk = data[:, offset : offset + size].contiguous().view(t.dtype).view(shape).transpose(0, 1)
+                    t.index_copy_(1, index, chunk)
+                    offset += size
+        if offset != data.shape[1]:
+            raise ValueError(f"KV block data has {data.shape[1]} bytes per block; this cache holds {offset}")
+
+    def release_kv_cache(self) -> None:
+        """Drop the pool (the GPU profile's throwaway one)."""
+        if self.workers:
+            self.workers.call("release_kv_cache")
+        for layer in self.attn_layers:
+            layer.kv_cache = layer.kv_scales = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # ---- one step ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -168,13 +210,11 @@ class ModelRunner:
             slots = self._slots(query_lens, seq_lens, tables)
             logits = self.graphs.run(token_ids, positions, slots, seq_lens, tables)
         else:
-            ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
-            hidden = self.forward(ids, positions, query_lens, seq_lens, tables)
+            hidden = self.forward(token_ids, positions, query_lens, seq_lens, tables)
             self._prompt_logprobs(out, hidden, prompt_rows)
             if not sample_rows and not verify_rows:
                 return out
-            rows = torch.tensor(sample_rows + verify_rows, device=self.device)
-            logits = self.model.compute_logits(hidden[rows])  # [B + verified rows, V]
+            logits = self.compute_logits(hidden, sample_rows + verify_rows)  # [B + verified rows, V]
         completing = [s for s in sched.scheduled if s.completes_sequence]
         if sample_rows:
             self._sample(out, [s.request for s in completing if not s.spec_token_ids], logits[: len(sample_rows)])
@@ -191,11 +231,22 @@ class ModelRunner:
             for p in range(s - q, s)
         ]
 
-    def forward(self, ids, positions, query_lens, seq_lens, tables, num_layers: int | None = None) -> torch.Tensor:
-        """ids, positions [T]; per sequence its new-token count, KV length and block ids -> hidden [T, H].
-        `num_layers`: only the first layers (self-speculative drafting)."""
+    def forward(
+        self,
+        token_ids: list[int],
+        positions: list[int],
+        query_lens: list[int],
+        seq_lens: list[int],
+        tables: list[list[int]],
+        num_layers: int | None = None,
+    ) -> torch.Tensor:
+        """token ids and positions of the T new tokens; per sequence its new-token count, KV length and block
+        ids -> hidden [T, H]. `num_layers`: only the first layers (self-speculative drafting)."""
+        if self.workers:
+            self.workers.call("forward", token_ids, positions, query_lens, seq_lens, tables, num_layers)
         width = max(len(t) for t in tables)
         dev = self.device
+        ids = torch.tensor(token_ids, dtype=torch.long, device=dev)
         meta = AttentionMetadata(
             slot_mapping=torch.tensor(self._slots(query_lens, seq_lens, tables), dtype=torch.long, device=dev),
             query_start_loc=torch.tensor([0, *_cumsum(query_lens)], dtype=torch.int32, device=dev),
@@ -207,12 +258,19 @@ class ModelRunner:
         )
         return self.model(ids, torch.tensor(positions, dtype=torch.long, device=dev), meta, num_layers)
 
+    def compute_logits(self, hidden: torch.Tensor, rows: list[int] | slice) -> torch.Tensor:
+        """float32 logits [len(rows), V] of the given rows of `forward`'s hidden states."""
+        if self.workers:
+            self.workers.call("compute_logits", rows)
+        index = rows if isinstance(rows, slice) else torch.tensor(rows, device=self.device)
+        return self.model.compute_logits(hidden[index])
+
     def _prompt_logprobs(self, out: ModelRunnerOutput, hidden: torch.Tensor, prompt_rows) -> None:
         for s, first, num in prompt_rows:
             req, start = s.request, s.request.num_computed_tokens
             if num <= 0:
                 continue
-            logits = self.model.compute_logits(hidden[first : first + num])
+            logits = self.compute_logits(hidden, slice(first, first + num))
             targets = torch.tensor(req.all_token_ids[start + 1 : start + 1 + num], device=self.device)
             out.prompt_logprobs[req.request_id] = (
                 start,

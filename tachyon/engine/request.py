@@ -37,6 +37,7 @@ class Request:
     arrival_time: float = field(default_factory=time.monotonic)
     cache_salt: str | None = None  # keeps prefix-cache entries apart (LoRA, multimodal, tenants)
     parent_id: str | None = None  # set on the n > 1 siblings that share one prompt
+    kv_transfer_id: str | None = None  # prefill role: park the prompt's KV under this id when finished
 
     status: RequestStatus = RequestStatus.WAITING
     num_computed_tokens: int = 0  # tokens whose KV is in the cache

@@ -81,6 +81,21 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, default=0, help="seed for requests that do not give their own")
     g.add_argument(
+        "--tensor-parallel-size",
+        "-tp",
+        type=int,
+        default=1,
+        help="split every layer across this many processes (one GPU each on CUDA; gloo on CPU). Started here on "
+        "one host, or by torchrun (`torchrun --nproc-per-node N --no-python tachyon serve ...`) on several",
+    )
+    g.add_argument(
+        "--kv-transfer-timeout",
+        type=float,
+        default=60.0,
+        help="disaggregated serving: seconds a prefill instance keeps a finished prompt's KV for a decode "
+        "instance to fetch (then frees it), and how long a decode instance waits on a stalled transfer",
+    )
+    g.add_argument(
         "--speculative-config",
         default=None,
         help='speculative decoding as JSON, in vLLM\'s spelling: {"method": "ngram", "num_speculative_tokens": 5, '
@@ -110,4 +125,6 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         scheduling_policy=args.scheduling_policy,
         seed=args.seed,
         speculative_config=args.speculative_config,
+        tensor_parallel_size=args.tensor_parallel_size,
+        kv_transfer_timeout=args.kv_transfer_timeout,
     )

@@ -23,6 +23,10 @@ class LLM:
     def __init__(self, model: str | None = None, **engine_args) -> None:
         self.engine = LLMEngine(EngineConfig(model=model, **engine_args))
 
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes, if any; a no-op otherwise."""
+        self.engine.shutdown()
+
     def get_tokenizer(self):
         return self.engine.tokenizer
 

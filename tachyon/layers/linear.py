@@ -1,6 +1,11 @@
-"""Linear layers whose weights may arrive in pieces (fused QKV, fused gate/up) and whose math is
-delegated to a `LinearMethod`, so quantized schemes and tensor parallelism plug in later without
-touching the models.
+"""Linear layers whose weights may arrive in pieces (fused QKV, fused gate/up), whose math is delegated to
+a `LinearMethod` (dense or a quantized scheme), and which may be split across tensor-parallel ranks.
+
+Column-parallel (q/k/v, gate/up): each rank holds a slice of every output shard's rows and computes those
+outputs. Row-parallel (o_proj, down_proj): each rank holds a slice of the input columns, computes a
+partial sum, and the ranks all-reduce it. Checkpoint tensors arrive whole; `Linear.rank_part` keeps this
+rank's slice of each, whatever the method stores (packed codes, group scales, zero points): a tensor is cut
+along the split dim unless it has one value there (a per-tensor or per-row scale every rank keeps).
 """
 
 from __future__ import annotations
@@ -8,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tachyon.distributed.parallel_state import all_reduce, shard_range, tp_rank, tp_size
 
 
 class LinearMethod:
@@ -23,7 +30,7 @@ class LinearMethod:
         """Copy a checkpoint tensor into the shard's rows of a parameter (the whole of it if unsharded)."""
         if not isinstance(getattr(layer, param_name, None), torch.Tensor):
             raise ValueError(f"checkpoint tensor {param_name!r} has no place in a linear layer run by {self.kernel}")
-        copy_rows(layer, getattr(layer, param_name), param_name, loaded, shard_id)
+        copy_rows(layer, getattr(layer, param_name), param_name, layer.rank_part(loaded), shard_id)
 
     def process_weights_after_loading(self, layer: Linear) -> None:
         """Once every shard is in: repack for the kernel (a no-op for dense weights)."""
@@ -52,7 +59,8 @@ class Linear(nn.Module):
     """A linear layer built from one or more output shards, e.g. q/k/v stacked into one matmul.
 
     `shard_sizes` maps a shard id (as the checkpoint names it) to its number of output rows, in
-    the order they are stacked.
+    the order they are stacked. `parallel`: None (every rank holds it whole), "column" or "row".
+    Sizes and offsets are this rank's.
     """
 
     def __init__(
@@ -62,8 +70,17 @@ class Linear(nn.Module):
         bias: bool = False,
         dtype: torch.dtype = torch.float32,
         method: LinearMethod | None = None,
+        parallel: str | None = None,
     ) -> None:
         super().__init__()
+        if parallel not in (None, "column", "row"):
+            raise ValueError(f"parallel must be None, 'column' or 'row', got {parallel!r}")
+        self.parallel = parallel if tp_size() > 1 else None
+        self.checkpoint_sizes = (dict(shard_sizes), input_size)
+        if self.parallel == "column":
+            shard_sizes = {k: shard_range(n, f"output rows of {k or 'the layer'}")[1] for k, n in shard_sizes.items()}
+        elif self.parallel == "row":
+            input_size = shard_range(input_size, "input columns of a row-parallel layer")[1]
         self.input_size = input_size
         self.output_size = sum(shard_sizes.values())
         self.shard_offsets: dict[str | int, tuple[int, int]] = {}
@@ -75,15 +92,32 @@ class Linear(nn.Module):
         self.bias = frozen(torch.zeros(self.output_size, dtype=dtype)) if bias else None
         self.method.create_weights(self, dtype)
 
+    def checkpoint_shape(self, shard_id: str | int | None) -> tuple[int, int]:
+        """(rows, columns) of a shard as the checkpoint stores it, before any tensor-parallel split."""
+        sizes, columns = self.checkpoint_sizes
+        return (sum(sizes.values()) if shard_id is None else sizes[shard_id]), columns
+
+    def rank_part(self, loaded: torch.Tensor) -> torch.Tensor:
+        """This rank's slice of a whole checkpoint tensor of this layer (all of it when not split)."""
+        if self.parallel is None:
+            return loaded
+        dim = 0 if self.parallel == "column" else 1
+        if loaded.dim() <= dim or loaded.shape[dim] == 1:
+            return loaded
+        start, size = shard_range(loaded.shape[dim], f"dim {dim} of a {tuple(loaded.shape)} checkpoint tensor")
+        return loaded.narrow(dim, start, size)
+
     def load_shard(self, param_name: str, loaded: torch.Tensor, shard_id: str | int | None = None) -> None:
         """Take one checkpoint tensor of this layer (`weight`, `bias`, `weight_scale`, ...)."""
         if param_name == "bias":
-            copy_rows(self, self.bias, param_name, loaded, shard_id)
+            if self.parallel != "row" or tp_rank() == 0:  # a row-parallel bias is added once, by rank 0
+                copy_rows(self, self.bias, param_name, self.rank_part(loaded), shard_id)
         else:
             self.method.load(self, param_name, loaded, shard_id)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.apply(self, x)
+        y = self.method.apply(self, x)
+        return all_reduce(y) if self.parallel == "row" else y
 
 
 def plain_linear(

@@ -18,8 +18,10 @@ that shards with different scales share one matmul, and a static input scale is 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from tachyon.distributed.parallel_state import all_reduce
 from tachyon.layers.linear import Linear, LinearMethod, copy_rows, frozen
 from tachyon.quantization.compressed_tensors import CheckpointQuantization, LinearQuantization
 from tachyon.quantization.quantize import FP8_DTYPE, FP8_MAX, dequantize, unpack_int32
@@ -36,12 +38,13 @@ def make_linear(
     shard_sizes: dict,
     bias: bool,
     dtype: torch.dtype,
+    parallel: str | None = None,
 ) -> Linear:
     """A model's Linear whose checkpoint modules are `prefix.<name>` for each name (several when fused),
     with the method their quantization scheme needs (dense when the checkpoint leaves them unquantized)."""
     scheme = quant.for_modules([f"{prefix}.{name}" for name in names]) if quant is not None else None
     method = quantized_linear_method(scheme, torch.get_default_device()) if scheme is not None else None
-    return Linear(input_size, shard_sizes, bias, dtype, method)
+    return Linear(input_size, shard_sizes, bias, dtype, method, parallel)
 
 
 def quantized_linear_method(scheme: LinearQuantization, device: torch.device) -> LinearMethod:
@@ -60,9 +63,14 @@ def quantized_linear_method(scheme: LinearQuantization, device: torch.device) ->
     raise ValueError(f"no kernel for weights {w} with input activations {a}; supported: W8A8, FP8_DYNAMIC, FP8")
 
 
-def per_token_scale(x: torch.Tensor, divisor: float) -> torch.Tensor:
-    """[T, K] -> [T, 1] absmax / divisor in x's dtype, zeros replaced by eps (compressed-tensors' rule)."""
-    scale = x.abs().amax(dim=-1, keepdim=True) / divisor
+def per_token_scale(layer: Linear, x: torch.Tensor, divisor: float) -> torch.Tensor:
+    """[T, K] -> [T, 1] absmax / divisor in x's dtype, zeros replaced by eps (compressed-tensors' rule).
+    A row-parallel layer's ranks each see a slice of K: they agree on the absmax over all of it, so the
+    activations quantize as they would on one device."""
+    absmax = x.abs().amax(dim=-1, keepdim=True)
+    if layer.parallel == "row":
+        all_reduce(absmax, dist.ReduceOp.MAX)
+    scale = absmax / divisor
     return torch.where(scale == 0, torch.finfo(x.dtype).eps, scale)
 
 
@@ -85,7 +93,7 @@ class Int8DynamicMethod(LinearMethod):
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        scale = per_token_scale(rows, INT8_SCALE_DIVISOR)
+        scale = per_token_scale(layer, rows, INT8_SCALE_DIVISOR)
         q = torch.round((rows / scale).clamp(-128, 127)).to(torch.int8)
         num = q.shape[0]
         if self.device.type == "cuda" and num <= 16:  # cuBLASLt's int8 GEMM needs more than 16 rows
@@ -119,6 +127,7 @@ class Fp8Method(LinearMethod):
         if param_name == "input_scale":  # one activation scale for the fused matmul: the largest shard's
             layer.input_scale.copy_(torch.maximum(layer.input_scale, loaded.reshape(1).float()))
             return
+        loaded = layer.rank_part(loaded)
         if param_name == "weight_scale" and loaded.numel() == 1:  # per tensor -> per row of this shard
             rows = layer.output_size if shard_id is None else layer.shard_offsets[shard_id][1]
             loaded = loaded.reshape(1, 1).expand(rows, 1)
@@ -136,7 +145,7 @@ class Fp8Method(LinearMethod):
         if self.static_input:
             scale = layer.input_scale.to(rows.dtype).reshape(1, 1)
         else:
-            scale = per_token_scale(rows, FP8_MAX)
+            scale = per_token_scale(layer, rows, FP8_MAX)
         return (rows / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
@@ -169,6 +178,11 @@ class WeightOnlyIntMethod(LinearMethod):
     def create_weights(self, layer: Linear, dtype: torch.dtype) -> None:
         self.dtype = dtype
         bits, out, cols = self.args.num_bits, layer.output_size, layer.input_size
+        if layer.parallel == "row" and (cols * bits % 32 or (self.group_size and cols % self.group_size)):
+            raise ValueError(
+                f"a row-parallel W{bits} layer's {cols} input columns per rank must fill whole int32 words and "
+                f"whole groups of {self.group_size}; use a smaller --tensor-parallel-size"
+            )
         groups = cols // self.args.group_size if self.args.strategy == "group" else 1
         layer.weight_packed = frozen(torch.empty(out, -(-cols * bits // 32), dtype=torch.int32))
         layer.weight_scale = frozen(torch.empty(out, groups, dtype=torch.float32))
@@ -176,15 +190,14 @@ class WeightOnlyIntMethod(LinearMethod):
             layer.weight_zero_point = frozen(torch.zeros(out, groups, dtype=torch.int8))
 
     def load(self, layer: Linear, param_name: str, loaded: torch.Tensor, shard_id: str | int | None) -> None:
+        rows, cols = layer.checkpoint_shape(shard_id)
         if param_name == "weight_shape":  # rows x columns of this shard: a check, nothing to store
-            rows = layer.output_size if shard_id is None else layer.shard_offsets[shard_id][1]
-            if loaded.tolist() != [rows, layer.input_size]:
-                raise ValueError(f"weight_shape {loaded.tolist()} is not the layer's [{rows}, {layer.input_size}]")
+            if loaded.tolist() != [rows, cols]:
+                raise ValueError(f"weight_shape {loaded.tolist()} is not the layer's [{rows}, {cols}]")
             return
         if param_name == "weight_zero_point" and loaded.dtype == torch.int32:  # packed along the output dim
-            rows = layer.output_size if shard_id is None else layer.shard_offsets[shard_id][1]
             loaded = unpack_int32(loaded, self.args.num_bits, rows, packed_dim=0)
-        copy_rows(layer, getattr(layer, param_name), param_name, loaded, shard_id)
+        copy_rows(layer, getattr(layer, param_name), param_name, layer.rank_part(loaded), shard_id)
 
     def process_weights_after_loading(self, layer: Linear) -> None:
         on_cuda = layer.weight_packed.device.type == "cuda"

@@ -13,12 +13,14 @@ from itertools import islice
 import torch
 from torch import nn
 
+from tachyon.distributed.parallel_state import shard_range
 from tachyon.layers.attention.layer import PagedAttention
 from tachyon.layers.attention.metadata import AttentionMetadata
 from tachyon.layers.linear import Linear, finish_loading
 from tachyon.layers.norm import RMSNorm
 from tachyon.layers.quantized_linear import make_linear
 from tachyon.layers.rotary import RotaryEmbedding, rope_settings
+from tachyon.layers.vocab_embedding import VocabParallelEmbedding
 from tachyon.quantization.compressed_tensors import CheckpointQuantization
 
 logger = logging.getLogger(__name__)
@@ -48,13 +50,16 @@ class LlamaAttention(nn.Module):
         self, cfg, rotary: RotaryEmbedding, qkv_bias: bool, qk_norm: bool, dtype: torch.dtype, quant, prefix: str
     ) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = head_dim_of(cfg)
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        q_size, kv_size = cfg.num_attention_heads * self.head_dim, cfg.num_key_value_heads * self.head_dim
         shards = {"q": q_size, "k": kv_size, "v": kv_size}
-        self.qkv_proj = make_linear(quant, prefix, _checkpoint_names(shards), cfg.hidden_size, shards, qkv_bias, dtype)
+        names = _checkpoint_names(shards)
+        self.qkv_proj = make_linear(quant, prefix, names, cfg.hidden_size, shards, qkv_bias, dtype, "column")
         o_bias = getattr(cfg, "attention_bias", False)
-        self.o_proj = make_linear(quant, prefix, ["o_proj"], q_size, {"": cfg.hidden_size}, o_bias, dtype)
+        self.o_proj = make_linear(quant, prefix, ["o_proj"], q_size, {"": cfg.hidden_size}, o_bias, dtype, "row")
+        # this rank's heads (all of them without tensor parallelism)
+        self.num_heads = shard_range(cfg.num_attention_heads, "num_attention_heads")[1]
+        self.num_kv_heads = shard_range(cfg.num_key_value_heads, "num_key_value_heads")[1]
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, dtype) if qk_norm else None
         self.rotary = rotary
@@ -78,8 +83,9 @@ class LlamaMLP(nn.Module):
         bias = getattr(cfg, "mlp_bias", False)
         size = cfg.intermediate_size
         shards = {"gate": size, "up": size}
-        self.gate_up_proj = make_linear(quant, prefix, _checkpoint_names(shards), cfg.hidden_size, shards, bias, dtype)
-        self.down_proj = make_linear(quant, prefix, ["down_proj"], size, {"": cfg.hidden_size}, bias, dtype)
+        names = _checkpoint_names(shards)
+        self.gate_up_proj = make_linear(quant, prefix, names, cfg.hidden_size, shards, bias, dtype, "column")
+        self.down_proj = make_linear(quant, prefix, ["down_proj"], size, {"": cfg.hidden_size}, bias, dtype, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -108,8 +114,7 @@ class LlamaModel(nn.Module):
         super().__init__()
         theta, scaling = rope_settings(cfg)
         rotary = RotaryEmbedding(head_dim_of(cfg), cfg.max_position_embeddings, theta, scaling)
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype)
-        self.embed_tokens.weight.requires_grad_(False)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, dtype)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(cfg, rotary, qkv_bias, qk_norm, dtype, quant, f"model.layers.{i}")
             for i in range(cfg.num_hidden_layers)
@@ -140,7 +145,14 @@ class LlamaForCausalLM(nn.Module):
         if not self.tie_word_embeddings:
             if quant is not None and quant.for_modules(["lm_head"]) is not None:
                 raise ValueError("a quantized lm_head is not supported; keep it in the checkpoint's `ignore` list")
-            self.lm_head = Linear(hf_config.hidden_size, {"": hf_config.vocab_size}, dtype=dtype)
+            self.lm_head = VocabParallelEmbedding(hf_config.vocab_size, hf_config.hidden_size, dtype)
+
+    @staticmethod
+    def check_tensor_parallel(cfg, size: int) -> None:
+        """Before any process starts: a clear error when the heads or the MLP do not split into `size` ranks."""
+        for name in ("num_attention_heads", "num_key_value_heads", "intermediate_size"):
+            if getattr(cfg, name) % size:
+                raise ValueError(f"{name} ({getattr(cfg, name)}) is not divisible by --tensor-parallel-size {size}")
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, num_layers: int | None = None
@@ -151,8 +163,7 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]"""
-        weight = self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
-        return nn.functional.linear(hidden, weight).float()
+        return (self.model.embed_tokens if self.tie_word_embeddings else self.lm_head).logits(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load HF-named checkpoint tensors (quantized ones included), fusing q/k/v and gate/up; fail loudly
@@ -175,6 +186,9 @@ class LlamaForCausalLM(nn.Module):
                 loaded.add(f"{parent}.{fused}.{param_name}")
             elif isinstance(modules.get(module_path), Linear):
                 modules[module_path].load_shard(param_name, tensor)
+                loaded.add(name)
+            elif isinstance(modules.get(module_path), VocabParallelEmbedding) and param_name == "weight":
+                modules[module_path].load_weight(tensor)
                 loaded.add(name)
             elif name in params:
                 if params[name].shape != tensor.shape:

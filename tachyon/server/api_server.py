@@ -1,6 +1,8 @@
 """The FastAPI app (`build_app`) and `run_server(args)`, which `tachyon serve` calls: loads the
-engine, then serves it with uvicorn until SIGTERM/SIGINT (graceful: in-flight requests get
---shutdown-timeout seconds, then are cancelled, which aborts them in the engine)."""
+engine, then serves it with uvicorn until SIGTERM/SIGINT. Shutdown is graceful: new connections
+are refused at once, requests in flight get --shutdown-timeout seconds to finish, then the rest are
+aborted in the engine and end cleanly (a stream with a finish_reason "abort" chunk and [DONE], a
+response not yet started with a 503 in OpenAI's error shape), and the process exits 0."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tachyon.engine.async_engine import AsyncLLMEngine
 from tachyon.entrypoints.engine_args import engine_config_from_args
 from tachyon.server.errors import error_response, install_error_handlers
 from tachyon.server.generation import ServerContext
+from tachyon.server.kv_transfer import ServerKVTransfer
 from tachyon.server.metrics import ServerMetrics
 from tachyon.server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from tachyon.server.serving_chat import create_chat_completion, render_chat
@@ -30,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 OPEN_PATHS = frozenset({"/health", "/version", "/metrics"})
+# after the grace period aborts them, requests end within milliseconds; uvicorn cancels whatever is
+# still stuck (a client that stopped reading) this much later
+ABORTED_REQUESTS_EXIT_S = 5.0
 
 
 def build_app(ctx: ServerContext, api_key: str | None = None) -> FastAPI:
@@ -37,6 +43,8 @@ def build_app(ctx: ServerContext, api_key: str | None = None) -> FastAPI:
     async def lifespan(_: FastAPI):
         yield
         logger.info("shutting down the engine")
+        if ctx.kv_transfer is not None:
+            ctx.kv_transfer.close()
         await asyncio.to_thread(ctx.engine.shutdown)
 
     app = FastAPI(title="tachyon", version=_version(), lifespan=lifespan)
@@ -134,17 +142,44 @@ def served_model_name(args: argparse.Namespace) -> str:
     return os.path.basename(os.path.normpath(args.model)).removesuffix(".gguf")
 
 
+def _graceful_server(config, ctx: ServerContext, grace_s: float):
+    """A uvicorn.Server whose shutdown (on SIGTERM/SIGINT: listening socket closed, idle connections
+    dropped) gives requests in flight `grace_s` seconds, then aborts the rest through
+    `ctx.abort_all`, so each ends with a proper response instead of uvicorn's task cancellation (a
+    cut-off stream, or a plain-text 500)."""
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        async def shutdown(self, sockets=None) -> None:
+            def abort_in_flight() -> None:
+                logger.warning("shutdown timeout (%gs) is over: aborting the requests still in flight", grace_s)
+                ctx.abort_all()
+
+            timer = asyncio.get_running_loop().call_later(grace_s, abort_in_flight)
+            try:
+                await super().shutdown(sockets=sockets)
+            finally:
+                timer.cancel()
+
+    return GracefulServer(config)
+
+
 def run_server(args: argparse.Namespace) -> int:
     import uvicorn
 
     engine = AsyncLLMEngine(engine_config_from_args(args))
+    kv_host = args.kv_host or (args.host if args.host not in ("0.0.0.0", "::") else "127.0.0.1")
+    kv_transfer = ServerKVTransfer(
+        args.role, engine, (args.host, args.kv_port), kv_host, args.kv_connector, args.kv_transfer_timeout
+    )
     ctx = ServerContext(
         engine=engine,
         model_name=served_model_name(args),
         model_aliases=tuple(a for a in (args.model,) if a),
         chat_template=load_chat_template(args.chat_template),
         max_waiting_requests=args.max_waiting_requests,
-        metrics=ServerMetrics(engine.stats),
+        metrics=ServerMetrics(engine.stats, kv_transfer.stats if args.role == "decode" else None),
+        kv_transfer=kv_transfer,
     )
     app = build_app(ctx, args.api_key)
     config = uvicorn.Config(
@@ -153,11 +188,11 @@ def run_server(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.uvicorn_log_level,
         http="h11",  # its ASGI 2.3 disconnect signal cancels streams at once
-        timeout_graceful_shutdown=args.shutdown_timeout,
+        timeout_graceful_shutdown=args.shutdown_timeout + ABORTED_REQUESTS_EXIT_S,  # a backstop: see _graceful_server
     )
     logger.info("serving %s on http://%s:%d", ctx.model_name, args.host, args.port)
     # uvicorn re-raises the SIGTERM it handled once its graceful shutdown is over; a no-op handler
     # lets that end here, so a clean shutdown exits 0
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.Server(config).run()
+    _graceful_server(config, ctx, args.shutdown_timeout).run()
     return 0

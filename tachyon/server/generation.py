@@ -1,6 +1,8 @@
 """What both generation endpoints share: the server context (engine, names, limits), admission
 checks, running several engine requests as one merged stream, and waiting for a non-streamed
-result while watching for the client to go away. Leaving a stream early aborts its requests."""
+result while watching for the client to go away. Leaving a stream early aborts its requests; so
+does `ServerContext.abort_all` (the shutdown grace period is over), which ends each request with
+`ShutdownAbort`."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -17,9 +19,21 @@ from tachyon.engine.async_engine import AsyncLLMEngine
 from tachyon.engine.outputs import RequestOutput
 from tachyon.sampling_params import SamplingParams
 from tachyon.server.errors import APIError
+from tachyon.server.kv_transfer import ServerKVTransfer
 from tachyon.server.metrics import ServerMetrics
 
 DISCONNECT_POLL_S = 0.1
+
+
+class ShutdownAbort(APIError):
+    """The server is shutting down and its grace period ran out before this request finished: a
+    503 (OpenAI clients retry it, elsewhere) before a stream starts, a finish_reason "abort" chunk after."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the server is shutting down: the request did not finish within its --shutdown-timeout and was aborted",
+            503,
+        )
 
 
 @dataclass
@@ -30,6 +44,12 @@ class ServerContext:
     chat_template: str | None
     max_waiting_requests: int | None
     metrics: ServerMetrics
+    aborted: asyncio.Event = field(default_factory=asyncio.Event)  # set by abort_all: every request ends
+    kv_transfer: ServerKVTransfer | None = None  # disaggregated prefill/decode roles
+
+    def abort_all(self) -> None:
+        """Ends every request in flight (and any started later) with ShutdownAbort."""
+        self.aborted.set()
 
     @property
     def tokenizer(self):
@@ -65,19 +85,33 @@ class ServerContext:
                 "prompt" if num_prompt_tokens >= self.max_model_len else "max_tokens",
             )
 
-    def start(self, prompts: list[list[int]], params: SamplingParams, prefix: str, priority: int):
-        """One engine request per prompt, each wrapped for metrics; returns (request id, streams)."""
+    async def fetch_prompt_kv(self, kv_params: dict | None, prompts: list[list[int]]) -> None:
+        """Decode role: import the prompts' KV from the prefill instance named in `kv_params` (if any)."""
+        if self.kv_transfer is not None:
+            await self.kv_transfer.fetch_prompt_kv(kv_params, prompts)
+
+    def start(
+        self, prompts: list[list[int]], params: SamplingParams, prefix: str, priority: int, kv_params: dict | None
+    ):
+        """One engine request per prompt, each wrapped for metrics; returns (request id, streams, the
+        response's kv_transfer_params: where a decode instance fetches the prompts' KV, or None)."""
         request_id = f"{prefix}-{uuid.uuid4().hex}"
+        export = self.kv_transfer is not None and self.kv_transfer.exports(kv_params)
         now = time.monotonic()
         streams = [
-            self.metrics.track(self.engine.generate(p, params, f"{request_id}-{i}", priority), now)
+            self.metrics.track(
+                self.engine.generate(p, params, f"{request_id}-{i}", priority, request_id if export else None), now
+            )
             for i, p in enumerate(prompts)
         ]
-        return request_id, streams
+        return request_id, streams, (self.kv_transfer.response_params(request_id) if export else None)
 
 
-async def merge_streams(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """(prompt index, output) from all streams as they arrive; leaving early cancels (aborts) them all."""
+async def merge_streams(
+    streams: list[AsyncIterator[RequestOutput]], aborted: asyncio.Event
+) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """(prompt index, output) from all streams as they arrive; leaving early cancels (aborts) them all.
+    Raises ShutdownAbort (after aborting them all) once `aborted` is set."""
     queue: asyncio.Queue = asyncio.Queue()
 
     async def pump(i: int, stream: AsyncIterator[RequestOutput]) -> None:
@@ -88,21 +122,28 @@ async def merge_streams(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIte
         except Exception as e:  # handed to the consumer, which raises it
             queue.put_nowait((i, e))
 
+    async def watch_abort() -> None:
+        await aborted.wait()
+        queue.put_nowait((-1, ShutdownAbort))
+
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    watcher = asyncio.create_task(watch_abort())
     try:
         remaining = len(tasks)
         while remaining:
             i, item = await queue.get()
             if item is None:
                 remaining -= 1
+            elif item is ShutdownAbort:
+                raise ShutdownAbort()
             elif isinstance(item, Exception):
                 raise item
             else:
                 yield i, item
     finally:
-        for task in tasks:
+        for task in (*tasks, watcher):
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, watcher, return_exceptions=True)
 
 
 async def until_disconnect(awaitable, raw_request: Request):
@@ -121,12 +162,15 @@ async def until_disconnect(awaitable, raw_request: Request):
             await asyncio.gather(task, return_exceptions=True)
 
 
-async def final_outputs(streams: list[AsyncIterator[RequestOutput]], raw_request: Request) -> list[RequestOutput]:
-    """The last output of each stream; aborts everything if the client disconnects meanwhile."""
+async def final_outputs(
+    streams: list[AsyncIterator[RequestOutput]], raw_request: Request, aborted: asyncio.Event
+) -> list[RequestOutput]:
+    """The last output of each stream; aborts everything if the client disconnects meanwhile, or
+    raises ShutdownAbort (a 503) if `aborted` is set first."""
 
     async def consume() -> list[RequestOutput]:
         finals: list[RequestOutput] = [None] * len(streams)  # type: ignore[list-item]
-        async for i, out in merge_streams(streams):
+        async for i, out in merge_streams(streams, aborted):
             finals[i] = out
         return finals
 
@@ -166,3 +210,8 @@ SSE_DONE = "data: [DONE]\n\n"
 def sse_error(e: Exception) -> str:
     status = 400 if isinstance(e, ValueError) else 500
     return sse({"error": {"message": str(e), "type": "invalid_request_error", "param": None, "code": status}})
+
+
+def with_kv_params(body: dict, kv_params: dict | None) -> dict:
+    """A prefill instance's response tells the router where the prompt's KV waits (vLLM's field name)."""
+    return body if kv_params is None else {**body, "kv_transfer_params": kv_params}

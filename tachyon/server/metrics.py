@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from tachyon.engine.llm_engine import EngineStats
 from tachyon.engine.outputs import RequestOutput
+from tachyon.server.kv_transfer import KVTransferStats
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 
@@ -37,6 +38,9 @@ class EngineStatsCollector:
         )
         yield _counter("tachyon:prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits)
         yield _counter("tachyon:num_preemptions", "Requests preempted to free KV blocks.", s.num_preemptions)
+        yield _gauge(
+            "tachyon:kv_parked_blocks", "Prefill role: KV blocks held for decode instances.", s.num_parked_blocks
+        )
         if s.spec_decode is not None:  # as vLLM: present only when speculative decoding is on
             spec = s.spec_decode
             yield _counter(
@@ -53,6 +57,24 @@ class EngineStatsCollector:
             )
 
 
+class KVTransferCollector:
+    """Decode role: KV fetched from prefill instances (bytes / seconds is the transfer bandwidth)."""
+
+    def __init__(self, stats: KVTransferStats) -> None:
+        self._stats = stats
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        s = self._stats
+        yield _counter("tachyon:kv_transfer_fetches", "KV fetches from prefill instances.", s.fetches)
+        yield _counter("tachyon:kv_transfer_failures", "KV fetches that failed (prompt computed here).", s.failures)
+        yield _counter("tachyon:kv_transfer_blocks", "KV blocks received.", s.blocks)
+        yield _counter("tachyon:kv_transfer_bytes", "KV bytes received.", s.bytes)
+        yield _counter("tachyon:kv_transfer_seconds", "Time spent fetching KV.", s.seconds)
+
+
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
@@ -62,9 +84,11 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 
 class ServerMetrics:
-    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+    def __init__(self, stats: Callable[[], EngineStats], kv_transfer: KVTransferStats | None = None) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(EngineStatsCollector(stats))
+        if kv_transfer is not None:
+            self.registry.register(KVTransferCollector(kv_transfer))
         r = self.registry
         self.prompt_tokens = Counter("tachyon:prompt_tokens", "Prompt tokens processed.", registry=r)
         self.generation_tokens = Counter("tachyon:generation_tokens", "Tokens generated.", registry=r)

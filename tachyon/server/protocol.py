@@ -40,6 +40,10 @@ class _SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     priority: int = 0
     user: str | None = None
+    # disaggregated serving, set by `tachyon router`: {"do_remote_decode": true} asks a prefill instance to
+    # keep the prompt's KV for a decode instance; {"do_remote_prefill": true, "remote_kv", "transfer_id"}
+    # tells a decode instance where to fetch it
+    kv_transfer_params: dict[str, Any] | None = None
 
     @property
     def include_usage_in_stream(self) -> bool:

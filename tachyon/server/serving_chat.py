@@ -18,11 +18,13 @@ from tachyon.server.errors import APIError
 from tachyon.server.generation import (
     SSE_DONE,
     ServerContext,
+    ShutdownAbort,
     final_outputs,
     first_then_rest,
     merge_streams,
     sse,
     sse_error,
+    with_kv_params,
 )
 from tachyon.server.logprobs import chat_logprobs
 from tachyon.server.protocol import ChatCompletionRequest, ChatMessage
@@ -53,13 +55,14 @@ async def create_chat_completion(ctx: ServerContext, req: ChatCompletionRequest,
     ctx.check_prompt_len(len(prompt_ids), max_tokens)
     params = req.sampling_params(max_tokens, (req.top_logprobs or 0) if req.logprobs else None)
     ctx.check_capacity()
-    request_id, streams = ctx.start([prompt_ids], params, "chatcmpl", req.priority)
+    await ctx.fetch_prompt_kv(req.kv_transfer_params, [prompt_ids])
+    request_id, streams, kv_params = ctx.start([prompt_ids], params, "chatcmpl", req.priority, req.kv_transfer_params)
     view = _ChatView(ctx, req, len(prompt_ids), request_id)
     if req.stream:
-        events = await first_then_rest(merge_streams(streams), raw_request)
+        events = await first_then_rest(merge_streams(streams, ctx.aborted), raw_request)
         return StreamingResponse(view.stream(events), media_type="text/event-stream")
-    (final,) = await final_outputs(streams, raw_request)
-    return JSONResponse(view.response(final))
+    (final,) = await final_outputs(streams, raw_request, ctx.aborted)
+    return JSONResponse(with_kv_params(view.response(final), kv_params))
 
 
 @dataclass
@@ -96,11 +99,21 @@ class _ChatView:
                 choices = [c for c in choices if c is not None]
                 if choices:
                     yield sse({**self._header(), "choices": choices})
-            if self.req.include_usage_in_stream:
-                yield sse({**self._header(), "choices": [], "usage": self._usage(sum(num_sent))})
+        except ShutdownAbort:  # the shutdown grace period is over: the unfinished choices end as "abort"
+            unfinished = [j for j in range(self.req.n) if not done[j]]
+            if unfinished:
+                yield sse({**self._header(), "choices": [self._abort_choice(j) for j in unfinished]})
         except Exception as e:  # a failure mid-stream still reaches the client in OpenAI's shape
             yield sse_error(e)
+            yield SSE_DONE
+            return
+        if self.req.include_usage_in_stream:
+            yield sse({**self._header(), "choices": [], "usage": self._usage(sum(num_sent))})
         yield SSE_DONE
+
+    @staticmethod
+    def _abort_choice(index: int) -> dict:
+        return {"index": index, "delta": {}, "logprobs": None, "finish_reason": "abort", "stop_reason": None}
 
     def _delta(self, c: CompletionOutput, num_sent: list[int], done: list[bool]) -> dict | None:
         j = c.index

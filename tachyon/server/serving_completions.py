@@ -17,11 +17,13 @@ from tachyon.server.errors import APIError
 from tachyon.server.generation import (
     SSE_DONE,
     ServerContext,
+    ShutdownAbort,
     final_outputs,
     first_then_rest,
     merge_streams,
     sse,
     sse_error,
+    with_kv_params,
 )
 from tachyon.server.logprobs import legacy_logprobs
 from tachyon.server.protocol import CompletionRequest
@@ -62,13 +64,15 @@ async def create_completion(ctx: ServerContext, req: CompletionRequest, raw_requ
     prompt_logprobs = req.logprobs if req.echo and req.logprobs is not None else None
     params = req.sampling_params(max_tokens, None if echo_only else req.logprobs, prompt_logprobs)
     ctx.check_capacity()
-    request_id, streams = ctx.start([p.token_ids for p in prompts], params, "cmpl", req.priority)
+    token_ids = [p.token_ids for p in prompts]
+    await ctx.fetch_prompt_kv(req.kv_transfer_params, token_ids)
+    request_id, streams, kv_params = ctx.start(token_ids, params, "cmpl", req.priority, req.kv_transfer_params)
     view = _CompletionView(ctx, req, prompts, request_id, echo_only)
     if req.stream:
-        events = await first_then_rest(merge_streams(streams), raw_request)
+        events = await first_then_rest(merge_streams(streams, ctx.aborted), raw_request)
         return StreamingResponse(view.stream(events), media_type="text/event-stream")
-    finals = await final_outputs(streams, raw_request)
-    return JSONResponse(view.response(finals))
+    finals = await final_outputs(streams, raw_request, ctx.aborted)
+    return JSONResponse(with_kv_params(view.response(finals), kv_params))
 
 
 @dataclass
@@ -134,11 +138,22 @@ class _CompletionView:
                         chunk_choices.append(choice)
                 if chunk_choices:
                     yield sse({**self._header(), "choices": chunk_choices})
-            if self.req.include_usage_in_stream:
-                yield sse({**self._header(), "choices": [], "usage": self._usage(num_completion)})
+        except ShutdownAbort:  # the shutdown grace period is over: the unfinished choices end as "abort"
+            num_choices = len(self.prompts) * self.req.n
+            unfinished = [i for i in range(num_choices) if not states.get(i, _ChoiceState()).finished]
+            if unfinished:
+                yield sse({**self._header(), "choices": [self._abort_choice(i) for i in unfinished]})
         except Exception as e:  # a failure mid-stream still reaches the client in OpenAI's shape
             yield sse_error(e)
+            yield SSE_DONE
+            return
+        if self.req.include_usage_in_stream:
+            yield sse({**self._header(), "choices": [], "usage": self._usage(num_completion)})
         yield SSE_DONE
+
+    @staticmethod
+    def _abort_choice(index: int) -> dict:
+        return {"index": index, "text": "", "logprobs": None, "finish_reason": "abort", "stop_reason": None}
 
     def _delta_choice(self, index: int, prompt: _Prompt, out: RequestOutput, c: CompletionOutput, state: _ChoiceState):
         if state.finished:

@@ -96,16 +96,9 @@ class DraftModelProposer(Proposer):
             query_lens.append(len(new))
             seq_lens.append(first + len(new))
             last_rows.append(len(ids) - 1)
-        dev = self.runner.device
-        hidden = self.runner.forward(
-            torch.tensor(ids, dtype=torch.long, device=dev),
-            positions,
-            query_lens,
-            seq_lens,
-            [r.block_ids for r, _, _ in batch],
-            self.num_layers,
-        )
-        return self.runner.model.compute_logits(hidden[torch.tensor(last_rows, device=dev)])
+        tables = [r.block_ids for r, _, _ in batch]
+        hidden = self.runner.forward(ids, positions, query_lens, seq_lens, tables, self.num_layers)
+        return self.runner.compute_logits(hidden, last_rows)
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor, tokens: list[list[int]], probs: list[list]) -> None:
         """Greedy requests draft the argmax; random ones sample the draft's filtered distribution q with

@@ -147,14 +147,13 @@ def _time_forward(runner: ModelRunner, num_tokens: int, num_layers: int | None) 
     """Seconds for one forward of `num_tokens` one-token sequences, logits for every row included.
     Writes only slot 0 of block 0, before any request exists."""
     dev = runner.device
-    ids = torch.zeros(num_tokens, dtype=torch.long, device=dev)
-    args = ([0] * num_tokens, [1] * num_tokens, [1] * num_tokens, [[0]] * num_tokens)
+    args = ([0] * num_tokens, [0] * num_tokens, [1] * num_tokens, [1] * num_tokens, [[0]] * num_tokens)
     times = []
     for _ in range(2):  # the first run warms up kernels and allocator
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         start = time.perf_counter()
-        runner.model.compute_logits(runner.forward(ids, *args, num_layers=num_layers))
+        runner.compute_logits(runner.forward(*args, num_layers=num_layers), slice(0, num_tokens))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         times.append(time.perf_counter() - start)
