@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 
 import httpx
 
@@ -91,7 +92,7 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: str, max_toke
 
 
 async def workload(url: str, duration: float, streams: int, long_every: float, long_tokens: int, record: dict):
-    long_prompt = LONG * max(1, long_tokens // 20)
+    long_text = LONG * max(1, long_tokens // 20)
     deadline = time.monotonic() + duration
     async with httpx.AsyncClient(timeout=600) as client:
 
@@ -102,7 +103,8 @@ async def workload(url: str, duration: float, streams: int, long_every: float, l
         async def long_prompts() -> None:
             tasks = []
             while time.monotonic() < deadline:
-                tasks.append(asyncio.create_task(one_request(client, url, long_prompt, 8, record["long"])))
+                prompt = f"Document {uuid.uuid4().hex}. {long_text}"  # unique from its first token: no prefix hits
+                tasks.append(asyncio.create_task(one_request(client, url, prompt, 8, record["long"])))
                 await asyncio.sleep(long_every)
             await asyncio.gather(*tasks)
 

@@ -11,6 +11,7 @@ from tachyon.bench.cli import add_bench_parser
 from tachyon.entrypoints.engine_args import add_engine_args, engine_config_from_args
 from tachyon.evals.cli import add_eval_parser
 from tachyon.plan.cli import add_plan_parser
+from tachyon.router.cli import add_router_parser
 from tachyon.validate.cli import add_validate_parser
 
 
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_validate_parser(sub)
     add_plan_parser(sub)
+    add_router_parser(sub)
     return parser
 
 

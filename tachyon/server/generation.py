@@ -18,11 +18,10 @@ from fastapi import Request
 from tachyon.engine.async_engine import AsyncLLMEngine
 from tachyon.engine.outputs import RequestOutput
 from tachyon.sampling_params import SamplingParams
+from tachyon.server.disconnect import until_disconnect
 from tachyon.server.errors import APIError
 from tachyon.server.kv_transfer import ServerKVTransfer
 from tachyon.server.metrics import ServerMetrics
-
-DISCONNECT_POLL_S = 0.1
 
 
 class ShutdownAbort(APIError):
@@ -144,22 +143,6 @@ async def merge_streams(
         for task in (*tasks, watcher):
             task.cancel()
         await asyncio.gather(*tasks, watcher, return_exceptions=True)
-
-
-async def until_disconnect(awaitable, raw_request: Request):
-    """Awaits `awaitable`, but cancels it (aborting its requests) if the client goes away first."""
-    task = asyncio.ensure_future(awaitable)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return task.result()
-            if await raw_request.is_disconnected():
-                raise APIError("client disconnected", 499)
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
 
 async def final_outputs(

@@ -24,13 +24,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    def __init__(self, model_dir: str, *flags: str) -> None:
+class TachyonProcess:
+    """`python -m tachyon.cli ARGS --port P` on 127.0.0.1 (or under `prefix`, e.g. `ip netns exec NS`),
+    logging to a temporary file, waited for until GET /health answers 200."""
+
+    def __init__(self, args: list[str], prefix: tuple[str, ...] = (), host: str = "127.0.0.1") -> None:
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "tachyon.cli", "serve", model_dir, "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), *SERVER_FLAGS, *flags]
+        cmd = [*prefix, sys.executable, "-m", "tachyon.cli", *args, "--port", str(self.port)]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self._wait_healthy(timeout=120)
@@ -39,13 +41,13 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+                raise RuntimeError(f"{self.proc.args[:6]} exited with {self.proc.returncode}:\n{self.output()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"server not healthy after {timeout}s:\n{self.output()}")
+        raise RuntimeError(f"{self.url} not healthy after {timeout}s:\n{self.output()}")
 
     def output(self) -> str:
         with open(self.log.name) as f:
@@ -60,6 +62,11 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+class ServerProcess(TachyonProcess):
+    def __init__(self, model_dir: str, *flags: str) -> None:
+        super().__init__(["serve", model_dir, "--host", "127.0.0.1", *SERVER_FLAGS, *flags])
 
 
 @contextlib.contextmanager
