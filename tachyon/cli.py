@@ -227,8 +227,9 @@ def _add_serve_parser(sub) -> None:
     g.add_argument(
         "--kv-connector",
         default="tcp",
-        choices=["tcp", "shm"],
-        help="decode role: how fetched KV travels: tcp (any two hosts) or shm (shared memory, same host)",
+        choices=["tcp", "shm", "torch"],
+        help="decode role: how fetched KV travels: tcp (any two hosts), shm (shared memory, same host) or torch "
+        "(a torch.distributed send: NCCL from GPU to GPU, gloo between CPU instances)",
     )
     g.add_argument(
         "--max-waiting-requests",

@@ -147,14 +147,15 @@ class ModelRunner:
 
     def read_kv_blocks(self, block_ids: list[int]) -> torch.Tensor:
         """Everything the cache holds for these blocks, every layer's keys, values (and 8-bit scales), as
-        bytes: uint8 [len(block_ids), kv_bytes_per_block] on the CPU, for moving KV to another instance."""
+        bytes: uint8 [len(block_ids), kv_bytes_per_block] on the cache's device, for moving KV to another
+        instance."""
         index = torch.tensor(block_ids, device=self.device)
         parts = []
         for layer in self.attn_layers:
             for t in (layer.kv_cache, layer.kv_scales):
                 if t is not None:  # [2, blocks, ...] -> [n, 2 * ...] bytes
                     parts.append(t.index_select(1, index).transpose(0, 1).contiguous().view(torch.uint8).flatten(1))
-        return torch.cat(parts, dim=1).cpu()
+        return torch.cat(parts, dim=1)
 
     def write_kv_blocks(self, block_ids: list[int], data: torch.Tensor) -> None:
         """The inverse of `read_kv_blocks`: store uint8 [len(block_ids), kv_bytes_per_block] into these blocks."""

@@ -54,10 +54,10 @@ class ServerKVTransfer:
         self.export: KVExportServer | None = None
         if role == "prefill":
             inner = engine.engine
-            self.export = KVExportServer(inner.parking, inner.runner.read_kv_blocks, layout, *bind)
+            self.export = KVExportServer(inner.parking, inner.runner.read_kv_blocks, layout, *bind, timeout_s)
             self.address = f"{kv_host}:{self.export.port}"
             self.export.start()
-        self.connector: KVConnector = CONNECTORS[connector](layout, timeout_s)
+        self.connector: KVConnector = CONNECTORS[connector](layout, timeout_s, engine.engine.runner.device)
         logger.info("Serving role: %s%s", role, f" (KV export at {self.address})" if self.export else "")
 
     def exports(self, params: dict[str, Any] | None) -> bool:

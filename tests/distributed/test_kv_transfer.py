@@ -48,7 +48,7 @@ def serve_exports(engine: LLMEngine) -> KVExportServer:
     return server
 
 
-@pytest.mark.parametrize(("connector", "kv_cache_dtype"), [("tcp", "auto"), ("shm", "int8")])
+@pytest.mark.parametrize(("connector", "kv_cache_dtype"), [("tcp", "auto"), ("shm", "int8"), ("torch", "auto")])
 def test_imported_kv_generates_what_one_engine_does(shallow_model_dir, connector, kv_cache_dtype):
     producer = make_engine(shallow_model_dir, kv_cache_dtype=kv_cache_dtype)
     consumer = make_engine(shallow_model_dir, kv_cache_dtype=kv_cache_dtype)

@@ -11,35 +11,15 @@ import time
 
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig
 
 from tachyon.compress import compress_model
 from tachyon.distributed.parallel_state import tp_size
 from tachyon.entrypoints.llm import LLM
 from tachyon.sampling_params import SamplingParams
-from tests.reference import save_tiny_model
 from tests.server.conftest import start_server
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land far away,"]
 KV = {"kv_cache_memory": 64 * 2**20}
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(model_dir, tmp_path_factory) -> str:
-    """4 query / 2 KV heads (splits in two), an untied LM head, and the default model's tokenizer."""
-    config = LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-        max_position_embeddings=512,
-    )
-    path = tmp_path_factory.mktemp("tp") / "tiny"
-    save_tiny_model(config, path, AutoTokenizer.from_pretrained(model_dir))
-    return str(path)
 
 
 def run(model: str, tp: int, params: list[SamplingParams], prompts=PROMPTS):

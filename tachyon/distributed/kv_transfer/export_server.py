@@ -1,5 +1,6 @@
 """The prefill side of KV transfer: a TCP server (one thread per connection) that hands parked blocks to
-decode instances, over the socket or through a shared-memory segment on the same host."""
+decode instances, over the socket, through a shared-memory segment on the same host, or by a
+torch.distributed send (device to device on GPUs)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,16 @@ from collections.abc import Callable
 from multiprocessing import shared_memory
 
 import torch
+import torch.distributed as dist
 
 from tachyon.distributed.kv_transfer.parking import KVParking
-from tachyon.distributed.kv_transfer.protocol import KVTransferError, checksum, recv_json, send_json
+from tachyon.distributed.kv_transfer.protocol import (
+    KVTransferError,
+    block_checksums,
+    pair_group,
+    recv_json,
+    send_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +34,16 @@ class KVExportServer:
         layout: str,
         host: str,
         port: int,
+        timeout_s: float = 60.0,
     ) -> None:
         """`read_blocks(block ids) -> uint8 [n, bytes per block]` reads the KV pool; `layout` names its shape
         and dtypes, which a decode instance's must equal."""
         self.parking, self.read_blocks, self.layout = parking, read_blocks, layout
+        self.host, self.timeout_s = host, timeout_s
+        self._store: dist.TCPStore | None = None  # torch transport: where pair groups rendezvous
+        self._pairs: dict[str, object] = {}  # pair id -> its process group
+        self._pair_locks: dict[str, threading.Lock] = {}
+        self._pairs_lock = threading.Lock()
         self._server = socketserver.ThreadingTCPServer((host, port), self._handler_class(), bind_and_activate=False)
         self._server.daemon_threads = True
         self._server.allow_reuse_address = True
@@ -66,23 +80,26 @@ class KVExportServer:
         if request.get("layout") != self.layout:
             send_json(sock, {"ok": False, "error": f"KV layouts differ: {request.get('layout')} vs {self.layout}"})
             return
-        transfer_id = request["transfer_id"]
+        transfer_id, transport = request["transfer_id"], request.get("transport", "tcp")
         blocks = self.parking.check_out(transfer_id, [int(h) for h in request["block_hashes"]])
         if blocks is None:
             send_json(sock, {"ok": False, "error": f"no KV parked under {transfer_id!r} (expired or fetched)"})
             return
         release = False
         try:
-            data = self.read_blocks(list(blocks.values())) if blocks else torch.empty(0, 0, dtype=torch.uint8)
-            rows = [memoryview(row.numpy()) for row in data]
-            header = {"ok": True, "found": list(blocks), "checksums": [checksum(r) for r in rows]}
-            header["block_nbytes"] = data.shape[1] if blocks else 0
-            if request.get("transport") == "shm" and blocks:
+            data = self.read_blocks(list(blocks.values()))
+            if transport != "torch":
+                data = data.cpu()
+            header = {"ok": True, "found": list(blocks), "block_nbytes": data.shape[1]}
+            header["checksums"] = block_checksums(data, transport)
+            if transport == "shm" and blocks:
                 self._send_shared(sock, reader, header, data)
+            elif transport == "torch":
+                self._send_torch(sock, header, data, request["pair"])
             else:
                 send_json(sock, header)
-                for row in rows:  # one chunk per block
-                    sock.sendall(row)
+                for row in data:  # one chunk per block
+                    sock.sendall(memoryview(row.numpy()))
             release = bool(request.get("release"))
         finally:
             self.parking.check_in(transfer_id, release)
@@ -99,3 +116,19 @@ class KVExportServer:
         finally:
             segment.close()
             segment.unlink()
+
+    def _send_torch(self, sock, header: dict, data: torch.Tensor, pair_id: str) -> None:
+        """One send on the pair's group; the first fetch of a pair forms the group through our TCPStore."""
+        with self._pairs_lock:
+            if self._store is None:
+                self._store = dist.TCPStore(self.host, 0, is_master=True, wait_for_workers=False)
+            lock = self._pair_locks.setdefault(pair_id, threading.Lock())
+        with lock:  # one transfer at a time per pair: NCCL matches sends to receives by order alone
+            send_json(sock, {**header, "store_port": self._store.port})
+            group = self._pairs.get(pair_id)
+            if group is None:
+                local_ip = sock.getsockname()[0]
+                group = pair_group(self._store, pair_id, 0, data.device, local_ip, self.timeout_s)
+                self._pairs[pair_id] = group
+            if data.numel():
+                group.send([data], 1, 0).wait()
