@@ -149,7 +149,7 @@ class ModelRunner:
         """Everything the cache holds for these blocks, every layer's keys, values (and 8-bit scales), as
         bytes: uint8 [len(block_ids), kv_bytes_per_block] on the cache's device, for moving KV to another
         instance."""
-        index = torch.tensor(block_ids, device=self.device)
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
         parts = []
         for layer in self.attn_layers:
             for t in (layer.kv_cache, layer.kv_scales):
@@ -159,7 +159,7 @@ class ModelRunner:
 
     def write_kv_blocks(self, block_ids: list[int], data: torch.Tensor) -> None:
         """The inverse of `read_kv_blocks`: store uint8 [len(block_ids), kv_bytes_per_block] into these blocks."""
-        index = torch.tensor(block_ids, device=self.device)
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
         data = data.to(self.device)
         offset = 0
         for layer in self.attn_layers:

@@ -85,7 +85,7 @@ def test_only_missing_blocks_travel_and_unfetched_kv_expires(shallow_model_dir):
     assert producer.stats().num_parked_blocks == 0 and producer.kv.num_free_blocks == producer.kv.num_blocks
 
 
-def test_fetch_errors_are_clear(shallow_model_dir):
+def test_fetch_errors_are_clear_and_an_empty_fetch_releases(shallow_model_dir):
     producer = make_engine(shallow_model_dir)
     hashes = prefill(producer, "t")
     server = serve_exports(producer)
@@ -95,6 +95,10 @@ def test_fetch_errors_are_clear(shallow_model_dir):
             TcpConnector(producer.kv_layout, 10).fetch(address, "nope", hashes)
         with pytest.raises(KVTransferError, match="KV layouts differ"):
             SharedMemoryConnector("another model", 10).fetch(address, "t", hashes)
+        # a decode instance that caches the whole prompt asks for nothing, which releases the transfer
+        assert TcpConnector(producer.kv_layout, 10).fetch(address, "t", []).blocks == {}
+        producer.parking.collect()
+        assert producer.stats().num_parked_blocks == 0
     finally:
         server.stop()
     with pytest.raises(KVTransferError, match="failed"):  # the prefill instance is gone

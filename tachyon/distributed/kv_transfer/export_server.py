@@ -85,24 +85,25 @@ class KVExportServer:
         if blocks is None:
             send_json(sock, {"ok": False, "error": f"no KV parked under {transfer_id!r} (expired or fetched)"})
             return
-        release = False
         try:
             data = self.read_blocks(list(blocks.values()))
-            if transport != "torch":
-                data = data.cpu()
-            header = {"ok": True, "found": list(blocks), "block_nbytes": data.shape[1]}
-            header["checksums"] = block_checksums(data, transport)
-            if transport == "shm" and blocks:
-                self._send_shared(sock, reader, header, data)
-            elif transport == "torch":
-                self._send_torch(sock, header, data, request["pair"])
-            else:
-                send_json(sock, header)
-                for row in data:  # one chunk per block
-                    sock.sendall(memoryview(row.numpy()))
-            release = bool(request.get("release"))
-        finally:
-            self.parking.check_in(transfer_id, release)
+        except BaseException:
+            self.parking.check_in(transfer_id, release=False)
+            raise
+        # `data` is a copy: the blocks may go now (if the send fails, the decode side computes the prompt)
+        self.parking.check_in(transfer_id, release=bool(request.get("release")))
+        if transport != "torch":
+            data = data.cpu()
+        header = {"ok": True, "found": list(blocks), "block_nbytes": data.shape[1]}
+        header["checksums"] = block_checksums(data, transport)
+        if transport == "shm" and blocks:
+            self._send_shared(sock, reader, header, data)
+        elif transport == "torch":
+            self._send_torch(sock, header, data, request["pair"])
+        else:
+            send_json(sock, header)
+            for row in data:  # one chunk per block
+                sock.sendall(memoryview(row.numpy()))
 
     @staticmethod
     def _send_shared(sock, reader, header: dict, data: torch.Tensor) -> None:
