@@ -1,8 +1,9 @@
 """Offline throughput: the same workload through Tachyon and HF transformers `generate` in one run.
 
 Workload (issue #2): 64 prompts of 32-256 tokens, 128 output tokens each, ignore_eos, greedy.
-HF runs static batches with left padding. Prints output tokens/s for both, the ratio, and how
-often the two agree on greedy tokens (a rate: bf16 on GPU is not bit-exact).
+HF runs static batches with left padding, on the same dense weights (a GGUF is converted first).
+Prints output tokens/s for both, the ratio, and how often the two agree on greedy tokens (a rate:
+bf16 is not bit-exact).
 
     python benchmarks/offline_throughput.py [--model PATH] [--hf-batch-size 64] [--dtype auto]
 """
@@ -13,6 +14,7 @@ import argparse
 import os
 import platform
 import random
+import tempfile
 import time
 
 import torch
@@ -46,19 +48,20 @@ def run_tachyon(args, prompts):
 def run_hf(args, prompts, llm):
     from transformers import AutoModelForCausalLM
 
+    from tachyon.models.convert import convert_gguf
     from tachyon.models.loader import load_model_source
 
     source = load_model_source(args.model)
     dtype = llm.engine.runner.dtype
     device = llm.engine.runner.device
     del llm  # free the engine before loading the second model
-    if source.path.endswith(".gguf"):
-        model = AutoModelForCausalLM.from_pretrained(
-            os.path.dirname(source.path), gguf_file=os.path.basename(source.path), dtype=dtype
-        )
-    else:
-        model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
-    model = model.to(device).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = source.path
+        if folder.endswith(".gguf"):
+            # the dequantized weights as a plain HF folder: transformers would otherwise keep a GGUF's weights
+            # packed and dequantize them inside every matmul, which is not the dense model Tachyon runs
+            folder = convert_gguf(folder, os.path.join(tmp, "model"))
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     pad = source.tokenizer.pad_token_id if source.tokenizer.pad_token_id is not None else 0
     outputs: list[list[int]] = []
     start = time.perf_counter()

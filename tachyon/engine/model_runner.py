@@ -57,7 +57,10 @@ class ModelRunner:
         if self.kv_dtype is not None and backend != "torch":
             logger.warning("--kv-cache-dtype %s runs on the torch attention backend", config.kv_cache_dtype)
             backend = "torch"
-        self.backend = create_attention_backend(backend, device)
+        attn = self.attn_layers[0]
+        self.backend = create_attention_backend(
+            backend, device, dtype, attn.num_heads // attn.num_kv_heads, attn.head_dim
+        )
         logger.info("Attention backend: %s", self.backend.name)
         for layer in self.attn_layers:
             layer.backend = self.backend

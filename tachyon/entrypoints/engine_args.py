@@ -54,7 +54,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         default=0.9,
         help="fraction of GPU memory for weights, activations and the KV cache",
     )
-    g.add_argument("--attention-backend", default="auto", help="auto, torch or triton")
+    g.add_argument(
+        "--attention-backend",
+        default="auto",
+        help="auto (triton on CUDA; on CPU the native kernel when it builds, else torch), cpu, torch or triton",
+    )
     g.add_argument(
         "--kv-cache-dtype",
         default="auto",

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tachyon.distributed.parallel_state import all_gather_last_dim, all_reduce, tp_rank, tp_size
-from tachyon.layers.linear import frozen
+from tachyon.layers.linear import frozen, onednn_linear, onednn_pack
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -23,6 +23,7 @@ class VocabParallelEmbedding(nn.Module):
         self.start = min(tp_rank() * rows, vocab_size)
         self.end = min(self.start + rows, vocab_size)
         self.weight = frozen(torch.zeros(rows, hidden_size, dtype=dtype))
+        self.packed_head: torch.Tensor | None = None  # the weight in oneDNN's layout, for logits on CPU
 
     def load_weight(self, loaded: torch.Tensor) -> None:
         """Take this rank's rows of the whole [vocab, hidden] checkpoint tensor."""
@@ -31,6 +32,13 @@ class VocabParallelEmbedding(nn.Module):
                 f"shape mismatch: checkpoint {tuple(loaded.shape)}, model ({self.vocab_size}, {self.hidden_size})"
             )
         self.weight[: self.end - self.start].copy_(loaded[self.start : self.end])
+
+    def pack_head(self, embeds_too: bool) -> None:
+        """Before serving logits on CPU: keep the matrix in oneDNN's layout, the largest GEMM of a decode step.
+        A head that does not also embed (untied) drops its plain copy."""
+        self.packed_head = onednn_pack(self.weight)
+        if self.packed_head is not None and not embeds_too:
+            self.weight = None
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [T] -> embeddings [T, hidden]"""
@@ -43,5 +51,8 @@ class VocabParallelEmbedding(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> float32 logits [N, vocab]"""
-        local = F.linear(hidden, self.weight).float()
+        if self.packed_head is not None:
+            local = onednn_linear(hidden, self.packed_head, None).float()
+        else:
+            local = F.linear(hidden, self.weight).float()
         return all_gather_last_dim(local)[:, : self.vocab_size]

@@ -209,7 +209,13 @@ class LlamaForCausalLM(nn.Module):
                 "scales every cached token and head itself",
                 num_kv_scales,
             )
+        self.finish_loading()
+
+    def finish_loading(self) -> None:
+        """Once every weight is in: each Linear repacks for its kernel, and the LM head for the logits GEMM."""
         finish_loading(self)
+        head = self.model.embed_tokens if self.tie_word_embeddings else self.lm_head
+        head.pack_head(embeds_too=self.tie_word_embeddings)
 
 
 class Qwen2ForCausalLM(LlamaForCausalLM):

@@ -9,7 +9,7 @@ from collections import Counter
 import torch
 from torch import nn
 
-from tachyon.layers.linear import Linear, finish_loading
+from tachyon.layers.linear import Linear
 from tachyon.models.llama import LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM
 from tachyon.quantization.sparsity import SPARSE_24_BITMASK, densify_sparse_24
 
@@ -39,7 +39,7 @@ def create_model(source, dtype: torch.dtype, device: torch.device, load_format: 
         model = cls(source.hf_config, dtype)
     if load_format == "dummy":
         _randomize(model)
-        finish_loading(model)
+        model.finish_loading()
         logger.warning(
             "Random weights (load_format=dummy) for %s (%s): outputs are meaningless", source.path, cls.__name__
         )
@@ -79,7 +79,6 @@ def _checkpoint_weights(source):
 
 
 def _log_linear_kernels(model: nn.Module) -> None:
-    """Say which kernel runs the quantized Linears (nothing for a dense model)."""
+    """Say which kernel runs the Linears."""
     kernels = Counter(m.method.kernel for m in model.modules() if isinstance(m, Linear))
-    if set(kernels) != {"dense"}:
-        logger.info("Linear layers: %s", "; ".join(f"{n} x {kernel}" for kernel, n in kernels.items()))
+    logger.info("Linear layers: %s", "; ".join(f"{n} x {kernel}" for kernel, n in kernels.items()))

@@ -11,7 +11,7 @@ from tachyon import LLM, SamplingParams
 from tests.data.prompts import PROMPTS
 from tests.reference import hf_greedy
 
-NEW_TOKENS = 32
+NEW_TOKENS = 64
 GREEDY = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True)
 
 

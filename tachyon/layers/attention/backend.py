@@ -55,9 +55,12 @@ def available_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def create_attention_backend(name: str, device: torch.device) -> AttentionBackend:
-    """`auto` picks Triton on CUDA when it imports, else the PyTorch reference."""
-    from tachyon.layers.attention import torch_backend  # noqa: F401  (registers itself)
+def create_attention_backend(
+    name: str, device: torch.device, dtype: torch.dtype | None = None, group: int = 1, head_dim: int = 0
+) -> AttentionBackend:
+    """`auto` picks Triton on CUDA when it imports; on CPU the native kernel (`cpu`) when it builds for
+    this dtype and head geometry (`group` query heads per KV head of `head_dim`), else the PyTorch reference."""
+    from tachyon.layers.attention import cpu_backend, torch_backend  # noqa: F401  (register themselves)
 
     if name == "auto":
         name = "torch"
@@ -68,8 +71,20 @@ def create_attention_backend(name: str, device: torch.device) -> AttentionBacken
                 name = "triton"
             except ImportError as e:
                 logger.warning("Triton attention unavailable (%s); using the PyTorch backend", e)
+        elif dtype is not None:
+            reason = cpu_backend.unsupported_reason(dtype, group, head_dim)
+            if reason is None:
+                name = "cpu"
+            else:
+                logger.warning("%s; using the PyTorch attention backend", reason)
     elif name == "triton":
         from tachyon.layers.attention import triton_backend  # noqa: F401
+    elif name == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"the cpu attention backend runs on CPU tensors, not {device}")
+        reason = cpu_backend.unsupported_reason(dtype or torch.float32, group, head_dim)
+        if reason is not None:
+            raise ValueError(f"attention backend 'cpu' cannot run here: {reason}")
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {['auto', *available_backends()]}")
     return _BACKENDS[name]()

@@ -37,10 +37,11 @@ class _Group:
     kv_rows: torch.Tensor | None = None  # [G * H_kv * K] rows of the [slots * H_kv, D] cache view
 
 
-def _build_plan(meta: AttentionMetadata, device: torch.device) -> list[_Group]:
+def build_plan(meta: AttentionMetadata, device: torch.device, seqs: list[int] | None = None) -> list[_Group]:
+    """Group the step's sequences (all, or `seqs`) by their number of new tokens; gather indices per group."""
     by_len: dict[int, list[int]] = {}
-    for b, q_len in enumerate(meta.query_lens_cpu):
-        by_len.setdefault(q_len, []).append(b)
+    for b in range(len(meta.query_lens_cpu)) if seqs is None else seqs:
+        by_len.setdefault(meta.query_lens_cpu[b], []).append(b)
     starts = [0, *itertools.accumulate(meta.query_lens_cpu)]  # host-side: no device sync
     groups = []
     for q_len, seqs in by_len.items():
@@ -80,6 +81,30 @@ def _gather(flat, kv_scales, i: int, rows: torch.Tensor, dtype: torch.dtype) -> 
     return dequantize_kv(codes, kv_scales[i].reshape(-1).index_select(0, rows), dtype)
 
 
+def attend_groups(
+    query: torch.Tensor, kv_cache: torch.Tensor, groups: list[_Group], scale: float, out: torch.Tensor, kv_scales=None
+) -> None:
+    """Attention of each group's query rows over its gathered, padded KV, written into their rows of `out`."""
+    flat = kv_cache.flatten(1, 2)  # [2, num_slots, H_kv, D]
+    num_kv_heads, head_dim = flat.shape[-2:]
+    group_size = query.shape[1] // num_kv_heads
+    for g in groups:
+        G, q_len, k_len = g.num_seqs, g.q_len, g.k_len
+        q = query.index_select(0, g.token_idx).view(G, q_len, num_kv_heads, group_size, head_dim)
+        q = q.permute(0, 2, 1, 3, 4).reshape(G, num_kv_heads, q_len * group_size, head_dim)
+        if g.kv_rows is None:  # gathering (slot, head) rows yields [G, H_kv, K, D] contiguous
+            heads = torch.arange(num_kv_heads, device=q.device)
+            g.kv_rows = (g.kv_slots.view(G, 1, k_len) * num_kv_heads + heads[None, :, None]).flatten()
+        k, v = (_gather(flat, kv_scales, i, g.kv_rows, query.dtype) for i in (0, 1))
+        k, v = k.view(G, num_kv_heads, k_len, head_dim), v.view(G, num_kv_heads, k_len, head_dim)
+        if g.folded_bias is None:  # an additive mask is faster than a boolean one in CPU SDPA
+            bias = torch.zeros(g.mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~g.mask, float("-inf"))
+            g.folded_bias = bias.repeat_interleave(group_size, dim=2)
+        o = _attend(q, k, v, g.folded_bias, scale)  # [G, H_kv, q*group, D]
+        o = o.view(G, num_kv_heads, q_len, group_size, head_dim).permute(0, 2, 1, 3, 4)
+        out[g.token_idx] = o.reshape(G * q_len, num_kv_heads * group_size, head_dim)
+
+
 @register_backend("torch")
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
@@ -87,24 +112,7 @@ class TorchAttentionBackend(AttentionBackend):
     def forward(self, query, key, value, kv_cache, meta, scale, kv_scales=None):
         write_kv_cache(key, value, kv_cache, meta.slot_mapping, kv_scales)
         if meta.plan is None:
-            meta.plan = _build_plan(meta, query.device)
-        flat = kv_cache.flatten(1, 2)  # [2, num_slots, H_kv, D]
-        num_kv_heads, head_dim = flat.shape[-2:]
-        group_size = query.shape[1] // num_kv_heads
+            meta.plan = build_plan(meta, query.device)
         out = torch.empty_like(query)
-        for g in meta.plan:
-            G, q_len, k_len = g.num_seqs, g.q_len, g.k_len
-            q = query.index_select(0, g.token_idx).view(G, q_len, num_kv_heads, group_size, head_dim)
-            q = q.permute(0, 2, 1, 3, 4).reshape(G, num_kv_heads, q_len * group_size, head_dim)
-            if g.kv_rows is None:  # gathering (slot, head) rows yields [G, H_kv, K, D] contiguous
-                heads = torch.arange(num_kv_heads, device=q.device)
-                g.kv_rows = (g.kv_slots.view(G, 1, k_len) * num_kv_heads + heads[None, :, None]).flatten()
-            k, v = (_gather(flat, kv_scales, i, g.kv_rows, query.dtype) for i in (0, 1))
-            k, v = k.view(G, num_kv_heads, k_len, head_dim), v.view(G, num_kv_heads, k_len, head_dim)
-            if g.folded_bias is None:  # an additive mask is faster than a boolean one in CPU SDPA
-                bias = torch.zeros(g.mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~g.mask, float("-inf"))
-                g.folded_bias = bias.repeat_interleave(group_size, dim=2)
-            o = _attend(q, k, v, g.folded_bias, scale)  # [G, H_kv, q*group, D]
-            o = o.view(G, num_kv_heads, q_len, group_size, head_dim).permute(0, 2, 1, 3, 4)
-            out[g.token_idx] = o.reshape(G * q_len, num_kv_heads * group_size, head_dim)
+        attend_groups(query, kv_cache, meta.plan, scale, out, kv_scales)
         return out

@@ -1,0 +1,71 @@
+"""Build a C++ kernel of this package into a shared library at first use, cache it, load it with ctypes.
+
+The library is compiled for this machine (-march=native) and cached under
+`$TACHYON_CACHE_DIR/kernels` (default `~/.cache/tachyon/kernels`), keyed by a hash of the source, the
+compiler's version, the flags and the CPU's feature flags, so an edit, a new compiler or another CPU
+builds afresh. The compiler writes to a temporary file that is renamed into place: concurrent builds
+(tensor-parallel workers) and interrupted ones never leave a half-written library. `$TACHYON_CXX`
+names the compiler (default `g++`). No compiler, or a failed build, returns None and says why; callers
+fall back to PyTorch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+FLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("TACHYON_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "tachyon")
+    return Path(root) / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+@functools.cache
+def load_native_library(source_name: str) -> ctypes.CDLL | None:
+    """The compiled `tachyon/kernels/<source_name>`, or None (logged) when it cannot be built here."""
+    source = Path(__file__).with_name(source_name)
+    compiler = os.environ.get("TACHYON_CXX", "g++")
+    if shutil.which(compiler) is None:
+        logger.warning("no C++ compiler %r on PATH: %s unavailable", compiler, source_name)
+        return None
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        logger.warning("C++ compiler %r does not run (%s): %s unavailable", compiler, e, source_name)
+        return None
+    key = hashlib.sha256("\0".join([source.read_text(), version, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"{source.stem}-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
+        os.close(fd)
+        try:
+            build = subprocess.run([compiler, *FLAGS, str(source), "-o", partial], capture_output=True, text=True)
+            if build.returncode != 0:
+                logger.warning("building %s failed:\n%s", source_name, build.stderr.strip()[-2000:])
+                return None
+            os.replace(partial, target)
+            logger.info("built %s -> %s", source_name, target)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+    return ctypes.CDLL(str(target))

@@ -1,0 +1,119 @@
+"""CPU attention: a native kernel for short query rows, PyTorch for prefill chunks.
+
+Decodes and speculative verifications (at most `NATIVE_MAX_QUERY_LEN` new tokens per sequence) are
+memory-bound: every step reads each sequence's whole KV history for a handful of query rows. The
+native kernel (tachyon/kernels/cpu_paged_attention.cpp) reads it once, in place through the block
+table, where the PyTorch path gathers it into padded tensors and reads it twice more. Longer prefill
+chunks are compute-bound and go to the PyTorch backend's SDPA path, as before.
+
+Each row r of the kernel's work is one new token: it attends to the first `row_ctx[r]` positions of
+sequence `row_seq[r]` (its cached prefix plus the new tokens up to itself), which is the causal mask.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from tachyon.kernels.native import load_native_library
+from tachyon.layers.attention.backend import AttentionBackend, register_backend, write_kv_cache
+from tachyon.layers.attention.metadata import AttentionMetadata
+from tachyon.layers.attention.torch_backend import _Group, attend_groups, build_plan
+
+NATIVE_MAX_QUERY_LEN = 16
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_SOURCE = "cpu_paged_attention.cpp"
+
+
+def _library() -> ctypes.CDLL | None:
+    lib = load_native_library(_SOURCE)
+    if lib is not None and not getattr(lib, "_tachyon_typed", False):
+        i32p, i32, f32 = ctypes.POINTER(ctypes.c_int32), ctypes.c_int, ctypes.c_float
+        lib.tachyon_supports.argtypes = [i32, i32]
+        lib.tachyon_supports.restype = i32
+        fn = lib.tachyon_paged_attention
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+        fn.argtypes += [i32p, i32, i32p, i32p, i32p, i32, i32, i32, i32, i32, i32, f32, i32, i32]
+        fn.restype = i32
+        lib._tachyon_typed = True
+    return lib
+
+
+def unsupported_reason(dtype: torch.dtype, group: int, head_dim: int) -> str | None:
+    """Why the native kernel cannot run this model here, or None when it can."""
+    if dtype not in _DTYPES:
+        return f"the native CPU kernel has no {dtype} path (float32 and bfloat16 only)"
+    lib = _library()
+    if lib is None:
+        return f"{_SOURCE} could not be built (see the warning above)"
+    if not lib.tachyon_supports(group, head_dim):
+        return f"the native CPU kernel has no build for {group} query heads per KV head of {head_dim} dims"
+    return None
+
+
+@dataclass
+class _Plan:
+    rows: torch.Tensor  # [R] int32: flat-batch rows the kernel computes
+    row_seq: torch.Tensor  # [R] int32: each row's sequence
+    row_ctx: torch.Tensor  # [R] int32: how many positions each row attends to
+    max_ctx: int
+    groups: list[_Group]  # the longer chunks, for the PyTorch path
+
+
+def _build_plan(meta: AttentionMetadata, device: torch.device) -> _Plan:
+    rows, row_seq, row_ctx, long_seqs = [], [], [], []
+    starts = itertools.accumulate(meta.query_lens_cpu, initial=0)
+    for b, (start, q_len, seq_len) in enumerate(zip(starts, meta.query_lens_cpu, meta.seq_lens_cpu)):
+        if q_len > NATIVE_MAX_QUERY_LEN:
+            long_seqs.append(b)
+            continue
+        rows += range(start, start + q_len)
+        row_seq += [b] * q_len
+        row_ctx += range(seq_len - q_len + 1, seq_len + 1)
+    as_tensor = lambda x: torch.tensor(x, dtype=torch.int32, device=device)  # noqa: E731
+    groups = build_plan(meta, device, long_seqs) if long_seqs else []
+    return _Plan(as_tensor(rows), as_tensor(row_seq), as_tensor(row_ctx), max(row_ctx, default=0), groups)
+
+
+def _ptr(t: torch.Tensor):
+    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_int32))
+
+
+@register_backend("cpu")
+class CpuAttentionBackend(AttentionBackend):
+    name = "cpu"
+
+    def __init__(self) -> None:
+        self.lib = _library()
+        if self.lib is None:
+            raise RuntimeError(f"the cpu attention backend needs {_SOURCE} built; see the warning above")
+
+    def forward(self, query, key, value, kv_cache, meta, scale, kv_scales=None):
+        if kv_scales is not None:
+            raise NotImplementedError("the cpu backend has no 8-bit KV cache; the runner picks torch for it")
+        write_kv_cache(key, value, kv_cache, meta.slot_mapping)
+        if meta.plan is None:
+            meta.plan = _build_plan(meta, query.device)
+        plan: _Plan = meta.plan
+        if not kv_cache.is_contiguous() or not meta.block_tables.is_contiguous():
+            raise ValueError("the cpu attention backend reads a contiguous KV cache and block table")
+        if query.stride(-1) != 1 or query.stride(1) != query.shape[-1]:
+            query = query.contiguous()
+        out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+        num_rows = plan.rows.numel()
+        if num_rows:
+            _, num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape
+            tables = meta.block_tables
+            failed = self.lib.tachyon_paged_attention(
+                query.data_ptr(), query.stride(0), kv_cache.data_ptr(), num_blocks * block_size, out.data_ptr(),
+                _ptr(tables), tables.shape[1], _ptr(plan.rows), _ptr(plan.row_seq), _ptr(plan.row_ctx),
+                num_rows, plan.max_ctx, query.shape[1], num_kv_heads, head_dim, block_size, scale,
+                _DTYPES[query.dtype], torch.get_num_threads(),
+            )  # fmt: skip
+            if failed:
+                raise ValueError(f"no native CPU kernel for {query.shape[1]}/{num_kv_heads} heads of {head_dim} dims")
+        attend_groups(query, kv_cache, plan.groups, scale, out)
+        return out
