@@ -36,7 +36,7 @@ def make_prompts(tokenizer, num: int, min_len: int, max_len: int, seed: int) -> 
 def run_tachyon(args, prompts):
     from tachyon import LLM, SamplingParams
 
-    llm = LLM(args.model, dtype=args.dtype, max_num_seqs=args.num_prompts)
+    llm = LLM(args.model, dtype=args.dtype, max_num_seqs=args.num_prompts, deterministic=args.deterministic)
     params = SamplingParams(temperature=0, max_tokens=args.output_len, ignore_eos=True)
     llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=4))  # warm-up
     start = time.perf_counter()
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--hf-batch-size", type=int, default=64, help="HF static batch size (left padded)")
     parser.add_argument("--skip-hf", action="store_true", help="only run Tachyon")
+    parser.add_argument("--deterministic", action="store_true", help="Tachyon in batch-invariant mode (its cost)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -121,7 +122,7 @@ def main() -> None:
     )
     print(
         f"\nmachine: {hw}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
-        f"dtype {llm.engine.runner.dtype}"
+        f"dtype {llm.engine.runner.dtype}{'; batch-invariant mode' if args.deterministic else ''}"
     )
     print(
         f"workload: {args.num_prompts} prompts of {args.min_input}-{args.max_input} tokens, {args.output_len} out each"

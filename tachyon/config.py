@@ -112,6 +112,7 @@ class EngineConfig:
     speculative_config: SpeculativeConfig | dict | str | None = None
     tensor_parallel_size: int = 1  # ranks (processes, one GPU each on CUDA) that split every layer
     kv_transfer_timeout: float = 60.0  # seconds a finished prefill's KV waits for a decode instance to fetch it
+    deterministic: bool = False  # batch-invariant: a request's output does not depend on what it is batched with
 
     def __post_init__(self) -> None:
         self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
@@ -136,6 +137,11 @@ class EngineConfig:
             raise ValueError(f"--kv-cache-memory must be positive bytes, got {self.kv_cache_memory}")
         if self.kv_cache_dtype not in ("auto", "fp8", "int8"):
             raise ValueError(f"--kv-cache-dtype must be auto, fp8 or int8, got {self.kv_cache_dtype!r}")
+        if self.deterministic and (self.kv_cache_dtype != "auto" or self.attention_backend not in ("auto", "cpu")):
+            raise ValueError(
+                "--deterministic runs the native CPU attention kernel on a model-dtype KV cache; drop "
+                f"--kv-cache-dtype {self.kv_cache_dtype} / --attention-backend {self.attention_backend}"
+            )
         if self.load_format not in ("auto", "dummy"):
             raise ValueError(f"--load-format must be auto or dummy, got {self.load_format!r}")
         if self.max_model_len is not None and self.max_model_len < 2:

@@ -22,6 +22,7 @@ from tachyon.layers.attention.backend import create_attention_backend
 from tachyon.layers.attention.kv_quant import KV_CACHE_DTYPES, SCALE_DTYPE, kv_bytes_per_head
 from tachyon.layers.attention.layer import PagedAttention
 from tachyon.layers.attention.metadata import AttentionMetadata
+from tachyon.layers.linear import PREPACKED, Linear
 from tachyon.models.registry import create_model
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class ModelRunner:
         self.backend = create_attention_backend(
             backend, device, dtype, attn.num_heads // attn.num_kv_heads, attn.head_dim
         )
+        if config.deterministic:
+            self._make_batch_invariant()
         logger.info("Attention backend: %s", self.backend.name)
         for layer in self.attn_layers:
             layer.backend = self.backend
@@ -73,6 +76,25 @@ class ModelRunner:
             logger.warning("CUDA graphs need the triton attention backend; running %s eagerly", self.backend.name)
             self.use_cuda_graphs = False
         self.graphs: DecodeGraphs | None = None
+
+    def _make_batch_invariant(self) -> None:
+        """--deterministic: every query row through the native kernel; refused where a GEMM's result could
+        depend on the batch size (anything but oneDNN's prepacked dense path)."""
+        if self.device.type != "cpu":
+            raise ValueError(
+                "--deterministic runs on CPU only so far: batch-invariant GEMMs on CUDA need their own kernels "
+                "(cuBLAS picks a different reduction for different batch sizes)"
+            )
+        if self.backend.name != "cpu":
+            raise ValueError(
+                f"--deterministic needs the native CPU attention kernel; {self.dtype} got {self.backend.name} "
+                "(see the warning above)"
+            )
+        unpacked = sorted({m.method.kernel for m in self.model.modules() if isinstance(m, Linear)} - {PREPACKED})
+        if unpacked:
+            raise ValueError(f"--deterministic needs dense float32/bfloat16 weights; this model runs {unpacked}")
+        self.backend.native_max_query_len = None
+        logger.info("Batch-invariant mode: every attention row through the native kernel, prepacked GEMMs")
 
     # ---- KV pool -------------------------------------------------------------------------------
     @property

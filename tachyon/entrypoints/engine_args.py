@@ -73,6 +73,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="dummy: random weights of the model's shape (needs only config.json and a tokenizer); for benchmarks",
     )
     g.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="batch-invariant mode (CPU, dense models): a request's tokens and logprobs are bit for bit the same "
+        "whatever else is batched with it, however its prompt is chunked or cached. Every query row attends "
+        "through the native kernel, prefill included, which makes long prompts slower",
+    )
+    g.add_argument(
         "--enforce-eager",
         action="store_true",
         help="on GPU, launch every kernel from Python instead of replaying CUDA graphs for decode steps",
@@ -131,4 +138,5 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
         speculative_config=args.speculative_config,
         tensor_parallel_size=args.tensor_parallel_size,
         kv_transfer_timeout=args.kv_transfer_timeout,
+        deterministic=args.deterministic,
     )

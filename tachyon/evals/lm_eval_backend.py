@@ -45,6 +45,7 @@ _ENGINE_ARGS = {
     "gpu_memory_utilization",
     "attention_backend",
     "seed",
+    "deterministic",
 }
 
 

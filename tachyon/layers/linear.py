@@ -30,9 +30,15 @@ def onednn_pack(weight: torch.Tensor) -> torch.Tensor | None:
 
 
 _DECODE_BATCH_HINT = 64  # the batch size oneDNN picks the layout for; any batch size runs on it
+PREPACKED = "dense (oneDNN prepacked)"  # the kernel name of a dense method whose weight `onednn_pack` took
 
 
 def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [T, in] -> [T, out]. Each row's result is then the same bits whatever T is (which batch-invariant
+    mode relies on): oneDNN's reduction order is fixed by the packed layout, except on its single-row fp32
+    path, so a lone row runs as two (no slower: the weight is read once either way)."""
+    if x.shape[0] == 1:
+        return torch.ops.mkldnn._linear_pointwise(torch.cat([x, x]), packed, bias, "none", [], "")[:1]
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
@@ -57,7 +63,7 @@ class LinearMethod:
         self.packed = onednn_pack(layer.weight)
         if self.packed is not None:
             layer.weight = None
-            self.kernel = "dense (oneDNN prepacked)"
+            self.kernel = PREPACKED
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:

@@ -63,11 +63,11 @@ class _Plan:
     groups: list[_Group]  # the longer chunks, for the PyTorch path
 
 
-def _build_plan(meta: AttentionMetadata, device: torch.device) -> _Plan:
+def _build_plan(meta: AttentionMetadata, device: torch.device, max_query_len: int | None) -> _Plan:
     rows, row_seq, row_ctx, long_seqs = [], [], [], []
     starts = itertools.accumulate(meta.query_lens_cpu, initial=0)
     for b, (start, q_len, seq_len) in enumerate(zip(starts, meta.query_lens_cpu, meta.seq_lens_cpu)):
-        if q_len > NATIVE_MAX_QUERY_LEN:
+        if max_query_len is not None and q_len > max_query_len:
             long_seqs.append(b)
             continue
         rows += range(start, start + q_len)
@@ -84,19 +84,24 @@ def _ptr(t: torch.Tensor):
 
 @register_backend("cpu")
 class CpuAttentionBackend(AttentionBackend):
+    """`native_max_query_len`: sequences with more new tokens than this go to the PyTorch path; None sends
+    every row to the kernel (batch-invariant mode: a row's result then never depends on how its prompt was
+    chunked or what it was batched with, since each row is reduced in one fixed order)."""
+
     name = "cpu"
 
     def __init__(self) -> None:
         self.lib = _library()
         if self.lib is None:
             raise RuntimeError(f"the cpu attention backend needs {_SOURCE} built; see the warning above")
+        self.native_max_query_len: int | None = NATIVE_MAX_QUERY_LEN
 
     def forward(self, query, key, value, kv_cache, meta, scale, kv_scales=None):
         if kv_scales is not None:
             raise NotImplementedError("the cpu backend has no 8-bit KV cache; the runner picks torch for it")
         write_kv_cache(key, value, kv_cache, meta.slot_mapping)
         if meta.plan is None:
-            meta.plan = _build_plan(meta, query.device)
+            meta.plan = _build_plan(meta, query.device, self.native_max_query_len)
         plan: _Plan = meta.plan
         if not kv_cache.is_contiguous() or not meta.block_tables.is_contiguous():
             raise ValueError("the cpu attention backend reads a contiguous KV cache and block table")
