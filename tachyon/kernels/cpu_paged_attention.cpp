@@ -59,6 +59,24 @@ static inline float horizontal_sum(vfloat v) {  // a shuffle tree, not 15 scalar
     return v[0];
 }
 
+// e^x, 16 lanes, for the softmax's x <= 0: Cephes' expf (range reduction by ln 2, a degree-6
+// polynomial, 2^n built in the exponent bits), within 2 ulp of libm; libm's expf would be called once per
+// score. Arguments below -87 give e^-87 (1.6e-38), a zero to the softmax sum beside its largest term, 1.
+static inline vfloat exp16(vfloat x) {
+    x = x < -87.f ? -87.f : x;
+    const vfloat shifted = x * 1.44269504088896341f + 12582912.f;  // 1.5 * 2^23: rounds x / ln 2 to n
+    const vfloat n = shifted - 12582912.f;
+    const vfloat r = x - n * 0.693359375f - n * -2.12194440e-4f;
+    vfloat p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.f;
+    const vint two_to_n = ((vint)shifted - 0x4B400000 + 127) << 23;
+    return p * (vfloat)two_to_n;
+}
+
 struct Args {
     const char *q;            // [*, Hq, D], row stride q_row_stride elements
     const char *k_cache;      // [num_slots, Hkv, D]
@@ -134,14 +152,26 @@ static void attend_one(const Args &a, int r, int h, float *scores) {
 
     float inv_sum[G];
     for (int g = 0; g < G; g++) {
-        float *s = scores + g * ctx, peak = -FLT_MAX, sum = 0.f;
+        float *s = scores + g * ctx, peak = -FLT_MAX;
         for (int k = 0; k < ctx; k++) peak = s[k] > peak ? s[k] : peak;
-#pragma omp simd reduction(+ : sum)
-        for (int k = 0; k < ctx; k++) {
-            s[k] = expf(s[k] - peak);
-            sum += s[k];
+        vfloat sum = {};
+        int k = 0;
+        for (; k + 16 <= ctx; k += 16) {
+            vfloat x;
+            memcpy(&x, s + k, sizeof x);
+            const vfloat e = exp16(x - peak);
+            memcpy(s + k, &e, sizeof e);
+            sum += e;
         }
-        inv_sum[g] = 1.f / sum;
+        float total = horizontal_sum(sum);
+        if (k < ctx) {  // the tail: lanes past ctx are computed on zeros, never stored or summed
+            vfloat x = {};
+            memcpy(&x, s + k, sizeof(float) * (ctx - k));
+            const vfloat e = exp16(x - peak);
+            memcpy(s + k, &e, sizeof(float) * (ctx - k));
+            for (int i = 0; i < ctx - k; i++) total += e[i];
+        }
+        inv_sum[g] = 1.f / total;
     }
 
     vfloat acc[G][C] = {};
