@@ -93,7 +93,7 @@ class ModelRunner:
         unpacked = sorted({m.method.kernel for m in self.model.modules() if isinstance(m, Linear)} - {PREPACKED})
         if unpacked:
             raise ValueError(f"--deterministic needs dense float32/bfloat16 weights; this model runs {unpacked}")
-        self.backend.native_max_query_len = None
+        self.backend.batch_invariant = True
         logger.info("Batch-invariant mode: every attention row through the native kernel, prepacked GEMMs")
 
     # ---- KV pool -------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ SHAPES = [
     ([1], [1], 4, 4, 64, 16),
     ([5, 1, 1, 17], [5, 40, 3, 33], 9, 3, 64, 16),  # prefill, decodes, a 17-token chunk over a cached prefix
     ([3, 3, 1], [19, 3, 64], 8, 2, 128, 8),  # speculative-style verification rows
-    ([1, 2, 40], [100, 70, 40], 8, 1, 128, 32),  # 8 query heads per KV head; one long chunk beside them
+    ([1, 2, 40], [100, 70, 40], 8, 1, 128, 32),  # 8 query heads per KV head; a prefill chunk beside them
+    ([20, 1], [4200, 30], 4, 2, 64, 16),  # a long chunk over a long context: the SDPA path
 ]
 
 
