@@ -55,8 +55,12 @@ def load_native_library(source_name: str) -> ctypes.CDLL | None:
     key = hashlib.sha256("\0".join([source.read_text(), version, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
+        except OSError as e:
+            logger.warning("cannot write the kernel cache %s (%s): %s unavailable", target.parent, e, source_name)
+            return None
         os.close(fd)
         try:
             build = subprocess.run([compiler, *FLAGS, str(source), "-o", partial], capture_output=True, text=True)
@@ -68,4 +72,8 @@ def load_native_library(source_name: str) -> ctypes.CDLL | None:
         finally:
             if os.path.exists(partial):
                 os.unlink(partial)
-    return ctypes.CDLL(str(target))
+    try:
+        return ctypes.CDLL(str(target))
+    except OSError as e:
+        logger.warning("cannot load %s (%s): %s unavailable", target, e, source_name)
+        return None

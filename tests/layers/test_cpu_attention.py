@@ -47,13 +47,19 @@ def test_auto_picks_the_native_kernel_on_cpu_and_says_why_not(caplog):
         create_attention_backend("cpu", CPU, torch.float32, 3, 96)
 
 
-def test_build_is_cached_whole_and_a_missing_compiler_falls_back(tmp_path, monkeypatch, caplog):
+def test_build_is_cached_whole_and_an_unusable_cache_or_compiler_falls_back(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TACHYON_CACHE_DIR", str(tmp_path))
     load_native_library.cache_clear()
     try:
         assert load_native_library("cpu_paged_attention.cpp") is not None
         built = os.listdir(tmp_path / "kernels")
         assert len(built) == 1 and built[0].endswith(".so")  # no partial file left behind
+        load_native_library.cache_clear()
+        (tmp_path / "a-file").write_text("")
+        monkeypatch.setenv("TACHYON_CACHE_DIR", str(tmp_path / "a-file"))  # a cache that cannot be written
+        with caplog.at_level(logging.WARNING):
+            assert load_native_library("cpu_paged_attention.cpp") is None
+        assert "cannot write the kernel cache" in caplog.text
         load_native_library.cache_clear()
         monkeypatch.setenv("TACHYON_CXX", "no-such-compiler")
         with caplog.at_level(logging.WARNING):
