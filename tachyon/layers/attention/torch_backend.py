@@ -37,10 +37,11 @@ class _Group:
     kv_rows: torch.Tensor | None = None  # [G * H_kv * K] rows of the [slots * H_kv, D] cache view
 
 
-def build_plan(meta: AttentionMetadata, device: torch.device, seqs: list[int] | None = None) -> list[_Group]:
-    """Group the step's sequences (all, or `seqs`) by their number of new tokens; gather indices per group."""
+def build_plan(meta: AttentionMetadata, device: torch.device, subset: list[int] | None = None) -> list[_Group]:
+    """Group the step's sequences (all, or those in `subset`) by their number of new tokens; gather indices
+    per group."""
     by_len: dict[int, list[int]] = {}
-    for b in range(len(meta.query_lens_cpu)) if seqs is None else seqs:
+    for b in range(len(meta.query_lens_cpu)) if subset is None else subset:
         by_len.setdefault(meta.query_lens_cpu[b], []).append(b)
     starts = [0, *itertools.accumulate(meta.query_lens_cpu)]  # host-side: no device sync
     groups = []
