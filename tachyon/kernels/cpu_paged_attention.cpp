@@ -6,76 +6,20 @@
 // kernel and torch share one OpenMP thread pool.
 //
 // Why a kernel: the PyTorch path gathers every sequence's K and V out of the pool into padded tensors,
-// then reads them again in two matmuls. Here each (row, KV head) task reads its keys and values once,
-// in place through the block table, with the GQA group's query heads sharing every load:
+// then reads them again in two matmuls. Here each task (a row and a run of its KV heads) reads its keys
+// and values once, in place through the block table, whole blocks front to back, with the GQA group's
+// query heads sharing every load:
 //
 //     scores[g][k] = scale * q[g] . K[k]            k < ctx (the positions this row may see)
 //     out[g]       = sum_k softmax(scores[g])[k] * V[k]
 //
 // Vectors are GCC vector extensions of 16 floats (one AVX-512 register; split into narrower ones by
-// the compiler elsewhere). bf16 is widened to float on load and rounded to nearest-even on store;
-// all arithmetic is float32, as in the PyTorch path's softmax.
+// the compiler elsewhere). Without AVX512_BF16, bf16 is widened to float on load and all arithmetic is
+// float32; with it, see TACHYON_DPBF16 below. Outputs are rounded to nearest-even on store.
 #include <float.h>
-#include <math.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
-typedef float vfloat __attribute__((vector_size(64)));  // 16 lanes
-typedef int32_t vint __attribute__((vector_size(64)));
-typedef uint32_t vuint __attribute__((vector_size(64)));
-typedef uint16_t vhalf __attribute__((vector_size(32)));
-
-template <bool BF16>
-static inline vfloat load16(const char *p) {
-    if constexpr (BF16) {
-        vhalf h;
-        memcpy(&h, p, sizeof h);
-        return (vfloat)(__builtin_convertvector(h, vuint) << 16);
-    } else {
-        vfloat v;
-        memcpy(&v, p, sizeof v);
-        return v;
-    }
-}
-
-template <bool BF16>
-static inline void store16(char *p, vfloat v) {
-    if constexpr (BF16) {
-        vuint u = (vuint)v;
-        u += 0x7FFF + ((u >> 16) & 1);  // round to nearest even
-        vhalf h = __builtin_convertvector(u >> 16, vhalf);
-        memcpy(p, &h, sizeof h);
-    } else {
-        memcpy(p, &v, sizeof v);
-    }
-}
-
-static inline float horizontal_sum(vfloat v) {  // a shuffle tree, not 15 scalar adds
-    v += __builtin_shuffle(v, (vint){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
-    v += __builtin_shuffle(v, (vint){4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3});
-    v += __builtin_shuffle(v, (vint){2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1});
-    v += __builtin_shuffle(v, (vint){1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0});
-    return v[0];
-}
-
-// e^x, 16 lanes, for the softmax's x <= 0: Cephes' expf (range reduction by ln 2, a degree-6
-// polynomial, 2^n built in the exponent bits), within 2 ulp of libm; libm's expf would be called once per
-// score. Arguments below -87 give e^-87 (1.6e-38), a zero to the softmax sum beside its largest term, 1.
-static inline vfloat exp16(vfloat x) {
-    x = x < -87.f ? -87.f : x;
-    const vfloat shifted = x * 1.44269504088896341f + 12582912.f;  // 1.5 * 2^23: rounds x / ln 2 to n
-    const vfloat n = shifted - 12582912.f;
-    const vfloat r = x - n * 0.693359375f - n * -2.12194440e-4f;
-    vfloat p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.f;
-    const vint two_to_n = ((vint)shifted - 0x4B400000 + 127) << 23;
-    return p * (vfloat)two_to_n;
-}
+#include "cpu_vector.h"
 
 struct Args {
     const char *q;            // [*, Hq, D], row stride q_row_stride elements
@@ -106,100 +50,227 @@ static inline void horizontal_sum4(vfloat a0, vfloat a1, vfloat a2, vfloat a3, f
     out[0] = y[0], out[1] = y[4], out[2] = y[8], out[3] = y[12];
 }
 
-// One (row, KV head): G query heads of D dims against the row's first ctx keys and values, walked block
-// by block through the table (no division per position).
-template <bool BF16, int G, int D>
-static void attend_one(const Args &a, int r, int h, float *scores) {
-    constexpr int C = D / 16;
-    constexpr size_t E = BF16 ? 2 : 4;
-    const size_t slot_bytes = (size_t)a.num_kv_heads * D * E, head_offset = (size_t)h * D * E;
-    const int row = a.rows[r], ctx = a.row_ctx[r], bs = a.block_size;
-    const int32_t *table = a.block_tables + (size_t)a.row_seq[r] * a.max_blocks;
-
-    vfloat q[G][C];
-    const char *q_row = a.q + ((size_t)row * a.q_row_stride + (size_t)h * G * D) * E;
-    for (int g = 0; g < G; g++)
-        for (int c = 0; c < C; c++) q[g][c] = load16<BF16>(q_row + ((size_t)g * D + c * 16) * E) * a.scale;
-
-    for (int first = 0; first < ctx; first += bs) {
-        const char *keys = a.k_cache + (size_t)table[first / bs] * bs * slot_bytes + head_offset;
-        const int n = ctx - first < bs ? ctx - first : bs;
-        float *s = scores + first;
-        int j = 0;
-        for (; j + 4 <= n; j += 4) {
-            vfloat k[4][C];
-            for (int i = 0; i < 4; i++)
-                for (int c = 0; c < C; c++) k[i][c] = load16<BF16>(keys + (j + i) * slot_bytes + c * 16 * E);
-            for (int g = 0; g < G; g++) {
-                vfloat dot[4];
-                for (int i = 0; i < 4; i++) {
-                    dot[i] = q[g][0] * k[i][0];
-                    for (int c = 1; c < C; c++) dot[i] += q[g][c] * k[i][c];
-                }
-                horizontal_sum4(dot[0], dot[1], dot[2], dot[3], s + g * ctx + j);
-            }
-        }
-        for (; j < n; j++) {
-            vfloat k[C];
-            for (int c = 0; c < C; c++) k[c] = load16<BF16>(keys + j * slot_bytes + c * 16 * E);
-            for (int g = 0; g < G; g++) {
-                vfloat dot = q[g][0] * k[0];
-                for (int c = 1; c < C; c++) dot += q[g][c] * k[c];
-                s[g * ctx + j] = horizontal_sum(dot);
-            }
-        }
-    }
-
-    float inv_sum[G];
-    for (int g = 0; g < G; g++) {
-        float *s = scores + g * ctx, peak = -FLT_MAX;
-        for (int k = 0; k < ctx; k++) peak = s[k] > peak ? s[k] : peak;
-        vfloat sum = {};
-        int k = 0;
-        for (; k + 16 <= ctx; k += 16) {
-            vfloat x;
-            memcpy(&x, s + k, sizeof x);
-            const vfloat e = exp16(x - peak);
-            memcpy(s + k, &e, sizeof e);
-            sum += e;
-        }
-        float total = horizontal_sum(sum);
-        if (k < ctx) {  // the tail: lanes past ctx are computed on zeros, never stored or summed
-            vfloat x = {};
-            memcpy(&x, s + k, sizeof(float) * (ctx - k));
-            const vfloat e = exp16(x - peak);
-            memcpy(s + k, &e, sizeof(float) * (ctx - k));
-            for (int i = 0; i < ctx - k; i++) total += e[i];
-        }
-        inv_sum[g] = 1.f / total;
-    }
-
-    vfloat acc[G][C] = {};
-    for (int first = 0; first < ctx; first += bs) {
-        const char *values = a.v_cache + (size_t)table[first / bs] * bs * slot_bytes + head_offset;
-        const int n = ctx - first < bs ? ctx - first : bs;
-        const float *p = scores + first;
-        for (int j = 0; j < n; j++) {
-            vfloat v[C];
-            for (int c = 0; c < C; c++) v[c] = load16<BF16>(values + j * slot_bytes + c * 16 * E);
-            for (int g = 0; g < G; g++)
-                for (int c = 0; c < C; c++) acc[g][c] += p[g * ctx + j] * v[c];
-        }
-    }
-
-    char *out_row = a.out + ((size_t)row * a.num_kv_heads * G + (size_t)h * G) * D * E;
-    for (int g = 0; g < G; g++)
-        for (int c = 0; c < C; c++) store16<BF16>(out_row + ((size_t)g * D + c * 16) * E, acc[g][c] * inv_sum[g]);
+// Touch a block's bytes ahead of use: blocks sit anywhere in the pool, so the hardware prefetcher cannot
+// guess the next one; asking for it one block early hides much of the DRAM latency.
+static inline void prefetch_block(const char *p, size_t bytes) {
+    for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i);
 }
 
+// bf16 on CPUs with AVX512_BF16 multiplies bf16 pairs straight into float32 sums (vdpbf16ps): no widening
+// of keys and values, half the multiply instructions. The products are exact, the sums float32; the
+// softmax weights are rounded to bf16 for the value sum, as a bf16 attention's matmul rounds them.
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#define TACHYON_DPBF16 1
+#else
+#define TACHYON_DPBF16 0
+#endif
+
+// s[g * stride + j] = q[g] . K[j] (unscaled) for the n keys of one KV head at `keys`
+template <bool BF16, int G, int D>
+static inline void score_keys(const char *q, const char *keys, size_t slot_bytes, int n, float *s, int stride) {
+    constexpr size_t E = BF16 ? 2 : 4;
+#if TACHYON_DPBF16
+    if constexpr (BF16) {
+        constexpr int C = D / 32;  // 32 bf16 per register
+        __m512bh qv[G][C];
+        for (int g = 0; g < G; g++)
+            for (int c = 0; c < C; c++) qv[g][c] = (__m512bh)_mm512_loadu_si512(q + ((size_t)g * D + c * 32) * E);
+        auto dot = [&](int g, const __m512bh *k) {
+            __m512 sum = _mm512_dpbf16_ps(_mm512_setzero_ps(), qv[g][0], k[0]);
+            for (int c = 1; c < C; c++) sum = _mm512_dpbf16_ps(sum, qv[g][c], k[c]);
+            return (vfloat)sum;
+        };
+        int j = 0;
+        for (; j + 4 <= n; j += 4) {
+            __m512bh k[4][C];
+            for (int i = 0; i < 4; i++)
+                for (int c = 0; c < C; c++)
+                    k[i][c] = (__m512bh)_mm512_loadu_si512(keys + (j + i) * slot_bytes + c * 32 * E);
+            for (int g = 0; g < G; g++)
+                horizontal_sum4(dot(g, k[0]), dot(g, k[1]), dot(g, k[2]), dot(g, k[3]), s + g * stride + j);
+        }
+        for (; j < n; j++) {
+            __m512bh k[C];
+            for (int c = 0; c < C; c++) k[c] = (__m512bh)_mm512_loadu_si512(keys + j * slot_bytes + c * 32 * E);
+            for (int g = 0; g < G; g++) s[g * stride + j] = horizontal_sum(dot(g, k));
+        }
+        return;
+    }
+#endif
+    constexpr int C = D / 16;
+    vfloat qv[G][C];
+    for (int g = 0; g < G; g++)
+        for (int c = 0; c < C; c++) qv[g][c] = load16<BF16>(q + ((size_t)g * D + c * 16) * E);
+    auto dot = [&](int g, const vfloat *k) {
+        vfloat sum = qv[g][0] * k[0];
+        for (int c = 1; c < C; c++) sum += qv[g][c] * k[c];
+        return sum;
+    };
+    int j = 0;
+    for (; j + 4 <= n; j += 4) {
+        vfloat k[4][C];
+        for (int i = 0; i < 4; i++)
+            for (int c = 0; c < C; c++) k[i][c] = load16<BF16>(keys + (j + i) * slot_bytes + c * 16 * E);
+        for (int g = 0; g < G; g++)
+            horizontal_sum4(dot(g, k[0]), dot(g, k[1]), dot(g, k[2]), dot(g, k[3]), s + g * stride + j);
+    }
+    for (; j < n; j++) {
+        vfloat k[C];
+        for (int c = 0; c < C; c++) k[c] = load16<BF16>(keys + j * slot_bytes + c * 16 * E);
+        for (int g = 0; g < G; g++) s[g * stride + j] = horizontal_sum(dot(g, k));
+    }
+}
+
+// s[k] <- e^(scale * (s[k] - max s)) over k < n; returns 1 / their sum.
+static inline float softmax_weights(float *s, int n, float scale) {
+    float peak = -FLT_MAX;
+    for (int k = 0; k < n; k++) peak = s[k] > peak ? s[k] : peak;
+    vfloat sum = {};
+    int k = 0;
+    for (; k + 16 <= n; k += 16) {
+        vfloat x;
+        memcpy(&x, s + k, sizeof x);
+        const vfloat e = exp16((x - peak) * scale);
+        memcpy(s + k, &e, sizeof e);
+        sum += e;
+    }
+    float total = horizontal_sum(sum);
+    if (k < n) {  // the tail: lanes past n are computed on zeros, never stored or summed
+        vfloat x = {};
+        memcpy(&x, s + k, sizeof(float) * (n - k));
+        const vfloat e = exp16((x - peak) * scale);
+        memcpy(s + k, &e, sizeof(float) * (n - k));
+        for (int i = 0; i < n - k; i++) total += e[i];
+    }
+    return 1.f / total;
+}
+
+// The value sum of one KV head's G query heads over n positions of a block: acc[g] += p[g][j] * V[j].
+// The dpbf16 path keeps acc in an interleaved lane order (see finish_values).
+template <bool BF16, int G, int D>
+static inline void accumulate_values(const float *p, int stride, const char *values, size_t slot_bytes, int n,
+                                     vfloat (*acc)[D / 16]) {
+    constexpr size_t E = BF16 ? 2 : 4;
+    constexpr int C = D / 16;
+    vfloat sum[G][C];
+    memcpy(sum, acc, sizeof sum);
+#if TACHYON_DPBF16
+    if constexpr (BF16) {
+        // two positions at once: lane i of a register holds (V[j][d], V[j+1][d]) and the weights
+        // (p[j], p[j+1]); unpacklo/hi interleave within 128-bit lanes, so sum[g][2c] holds dims
+        // 32c + 8L + {0..3} and sum[g][2c+1] dims 32c + 8L + {4..7}, for lane group L = 0..3
+        auto pair = [&](int g, int j, bool both) {
+            const __m128 w = _mm_set_ps(0.f, 0.f, both ? p[g * stride + j + 1] : 0.f, p[g * stride + j]);
+            const __m128bh w16 = _mm_cvtneps_pbh(w);
+            uint32_t bits;
+            memcpy(&bits, &w16, sizeof bits);
+            return (__m512bh)_mm512_set1_epi32((int)bits);
+        };
+        for (int j = 0; j < n; j += 2) {
+            const bool both = j + 1 < n;  // an odd tail pairs V[j] with itself at weight 0
+            const char *v0 = values + j * slot_bytes, *v1 = both ? v0 + slot_bytes : v0;
+            __m512bh lo[D / 32], hi[D / 32];
+            for (int c = 0; c < D / 32; c++) {
+                const __m512i a = _mm512_loadu_si512(v0 + c * 32 * E), b = _mm512_loadu_si512(v1 + c * 32 * E);
+                lo[c] = (__m512bh)_mm512_unpacklo_epi16(a, b);
+                hi[c] = (__m512bh)_mm512_unpackhi_epi16(a, b);
+            }
+            for (int g = 0; g < G; g++) {
+                const __m512bh w = pair(g, j, both);
+                for (int c = 0; c < D / 32; c++) {
+                    sum[g][2 * c] = (vfloat)_mm512_dpbf16_ps((__m512)sum[g][2 * c], w, lo[c]);
+                    sum[g][2 * c + 1] = (vfloat)_mm512_dpbf16_ps((__m512)sum[g][2 * c + 1], w, hi[c]);
+                }
+            }
+        }
+        memcpy(acc, sum, sizeof sum);
+        return;
+    }
+#endif
+    for (int j = 0; j < n; j++) {
+        vfloat v[C];
+        for (int c = 0; c < C; c++) v[c] = load16<BF16>(values + j * slot_bytes + c * 16 * E);
+        for (int g = 0; g < G; g++)
+            for (int c = 0; c < C; c++) sum[g][c] += p[g * stride + j] * v[c];
+    }
+    memcpy(acc, sum, sizeof sum);
+}
+
+// acc (in accumulate_values' lane order) * inv_sum -> the output row of one query head
+template <bool BF16, int D>
+static inline void finish_values(const vfloat *acc, float inv_sum, char *out) {
+    constexpr size_t E = BF16 ? 2 : 4;
+#if TACHYON_DPBF16
+    if constexpr (BF16) {
+        const vint first = {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23};
+        const vint second = {8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+        for (int c = 0; c < D / 32; c++) {
+            store16<BF16>(out + (c * 32) * E, __builtin_shuffle(acc[2 * c], acc[2 * c + 1], first) * inv_sum);
+            store16<BF16>(out + (c * 32 + 16) * E, __builtin_shuffle(acc[2 * c], acc[2 * c + 1], second) * inv_sum);
+        }
+        return;
+    }
+#endif
+    for (int c = 0; c < D / 16; c++) store16<BF16>(out + c * 16 * E, acc[c] * inv_sum);
+}
+
+// One row against KV heads [h0, h1): G query heads per KV head, D dims, over the row's first ctx keys and
+// values, walked block by block through the table. A block's slots hold every KV head side by side, so
+// a task covering all heads reads whole blocks front to back.
+template <bool BF16, int G, int D>
+static void attend_row(const Args &a, int r, int h0, int h1, float *scores) {
+    constexpr size_t E = BF16 ? 2 : 4;
+    const size_t slot_bytes = (size_t)a.num_kv_heads * D * E, block_bytes = a.block_size * slot_bytes;
+    const int row = a.rows[r], ctx = a.row_ctx[r], bs = a.block_size;
+    const int32_t *table = a.block_tables + (size_t)a.row_seq[r] * a.max_blocks;
+    const char *q_row = a.q + (size_t)row * a.q_row_stride * E;
+    auto head_scores = [&](int h) { return scores + (size_t)(h - h0) * G * ctx; };  // [G][ctx]
+
+    for (int first = 0; first < ctx; first += bs) {
+        const char *block = a.k_cache + (size_t)table[first / bs] * block_bytes;
+        if (first + bs < ctx) prefetch_block(a.k_cache + (size_t)table[first / bs + 1] * block_bytes, block_bytes);
+        const int n = ctx - first < bs ? ctx - first : bs;
+        for (int h = h0; h < h1; h++)
+            score_keys<BF16, G, D>(q_row + (size_t)h * G * D * E, block + (size_t)h * D * E, slot_bytes, n,
+                                   head_scores(h) + first, ctx);
+    }
+    float inv_sum[8][G];
+    for (int h = h0; h < h1; h++)
+        for (int g = 0; g < G; g++) inv_sum[h - h0][g] = softmax_weights(head_scores(h) + g * ctx, ctx, a.scale);
+
+    vfloat acc[8][G][D / 16] = {};
+    for (int first = 0; first < ctx; first += bs) {
+        const char *block = a.v_cache + (size_t)table[first / bs] * block_bytes;
+        if (first + bs < ctx) prefetch_block(a.v_cache + (size_t)table[first / bs + 1] * block_bytes, block_bytes);
+        const int n = ctx - first < bs ? ctx - first : bs;
+        for (int h = h0; h < h1; h++)
+            accumulate_values<BF16, G, D>(head_scores(h) + first, ctx, block + (size_t)h * D * E, slot_bytes, n,
+                                          acc[h - h0]);
+    }
+    char *out_row = a.out + (size_t)row * a.num_kv_heads * G * D * E;
+    for (int h = h0; h < h1; h++)
+        for (int g = 0; g < G; g++)
+            finish_values<BF16, D>(acc[h - h0][g], inv_sum[h - h0][g], out_row + (size_t)(h * G + g) * D * E);
+}
+
+// Tasks are (row, run of KV heads): runs of up to 8 heads when there are rows enough to keep every thread
+// busy, one KV head each otherwise (a lone decode still spreads over the threads).
 template <bool BF16, int G, int D>
 static void attend_rows(const Args &a, int num_rows, int max_ctx, int num_threads) {
+    int heads_per_task = 1;
+    if (num_rows >= 4 * num_threads)
+        for (int n = 8; n > 1 && heads_per_task == 1; n--)
+            if (a.num_kv_heads % n == 0) heads_per_task = n;
+    const int tasks_per_row = a.num_kv_heads / heads_per_task;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = (float *)malloc(sizeof(float) * (size_t)G * (max_ctx > 0 ? max_ctx : 1));
+        float *scores = (float *)malloc(sizeof(float) * (size_t)heads_per_task * G * (max_ctx > 0 ? max_ctx : 1));
 #pragma omp for schedule(dynamic, 1)
-        for (long task = 0; task < (long)num_rows * a.num_kv_heads; task++)
-            attend_one<BF16, G, D>(a, (int)(task / a.num_kv_heads), (int)(task % a.num_kv_heads), scores);
+        for (long task = 0; task < (long)num_rows * tasks_per_row; task++) {
+            const int r = (int)(task / tasks_per_row), h0 = (int)(task % tasks_per_row) * heads_per_task;
+            attend_row<BF16, G, D>(a, r, h0, h0 + heads_per_task, scores);
+        }
         free(scores);
     }
 }
@@ -215,6 +286,9 @@ int tachyon_supports(int group, int head_dim) {
     SHAPES(SUPPORTED)
     return 0;
 }
+
+// Whether bf16 runs on vdpbf16ps (then the kernel outruns SDPA on long prefill chunks too).
+int tachyon_fast_bf16(void) { return TACHYON_DPBF16; }
 
 // Returns 0, or 1 for a shape tachyon_supports() refuses (nothing is written then).
 int tachyon_paged_attention(const void *q, long q_row_stride, const void *kv_cache, long num_slots, void *out,

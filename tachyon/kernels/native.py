@@ -1,12 +1,12 @@
 """Build a C++ kernel of this package into a shared library at first use, cache it, load it with ctypes.
 
 The library is compiled for this machine (-march=native) and cached under
-`$TACHYON_CACHE_DIR/kernels` (default `~/.cache/tachyon/kernels`), keyed by a hash of the source, the
-compiler's version, the flags and the CPU's feature flags, so an edit, a new compiler or another CPU
-builds afresh. The compiler writes to a temporary file that is renamed into place: concurrent builds
-(tensor-parallel workers) and interrupted ones never leave a half-written library. `$TACHYON_CXX`
-names the compiler (default `g++`). No compiler, or a failed build, returns None and says why; callers
-fall back to PyTorch.
+`$TACHYON_CACHE_DIR/kernels` (default `~/.cache/tachyon/kernels`), keyed by a hash of the source and
+the headers beside it, the compiler's version, the flags and the CPU's feature flags, so an edit, a
+new compiler or another CPU builds afresh. The compiler writes to a temporary file that is renamed
+into place: concurrent builds (tensor-parallel workers) and interrupted ones never leave a
+half-written library. `$TACHYON_CXX` names the compiler (default `g++`). No compiler, or a failed
+build, returns None and says why; callers fall back to PyTorch.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def _cpu_flags() -> str:
 
 
 @functools.cache
-def load_native_library(source_name: str) -> ctypes.CDLL | None:
-    """The compiled `tachyon/kernels/<source_name>`, or None (logged) when it cannot be built here."""
+def load_native_library(source_name: str, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """The compiled `tachyon/kernels/<source_name>`, or None (logged) when it cannot be built here.
+    `extra_flags` go after the defaults (tests build the portable paths with e.g. -mno-avx512bf16)."""
     source = Path(__file__).with_name(source_name)
     compiler = os.environ.get("TACHYON_CXX", "g++")
     if shutil.which(compiler) is None:
@@ -52,7 +53,10 @@ def load_native_library(source_name: str) -> ctypes.CDLL | None:
     except (OSError, subprocess.CalledProcessError) as e:
         logger.warning("C++ compiler %r does not run (%s): %s unavailable", compiler, e, source_name)
         return None
-    key = hashlib.sha256("\0".join([source.read_text(), version, *FLAGS, _cpu_flags()]).encode()).hexdigest()[:16]
+    flags = [*FLAGS, *extra_flags]
+    headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]  # what the source may include
+    key = "\0".join([source.read_text(), *headers, version, *flags, _cpu_flags()])
+    key = hashlib.sha256(key.encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if not target.exists():
         try:
@@ -63,7 +67,7 @@ def load_native_library(source_name: str) -> ctypes.CDLL | None:
             return None
         os.close(fd)
         try:
-            build = subprocess.run([compiler, *FLAGS, str(source), "-o", partial], capture_output=True, text=True)
+            build = subprocess.run([compiler, *flags, str(source), "-o", partial], capture_output=True, text=True)
             if build.returncode != 0:
                 logger.warning("building %s failed:\n%s", source_name, build.stderr.strip()[-2000:])
                 return None

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tachyon.kernels.triton_runtime import check_device
 from tachyon.layers.attention.metadata import AttentionMetadata
 
 _LOG2E = 1.4426950408889634
@@ -171,24 +172,6 @@ def plan_tiles(meta: AttentionMetadata, group: int, device: torch.device) -> Til
     return TilePlan(tile_map.to(device, non_blocking=True), block_m, block_q)
 
 
-def interpreted() -> bool:
-    """Whether the kernels run in Triton's interpreter on CPU tensors.
-
-    Fixed when triton is first imported: TRITON_INTERPRET=1 must be set before then, since
-    triton.language's own helpers (tl.zeros, tl.sum, ...) are compiled-or-interpreted from that point.
-    """
-    jit = triton.runtime.JITFunction
-    return not isinstance(tl.zeros, jit) and not isinstance(_unified_attention_kernel, jit)
-
-
-def _check_device(t: torch.Tensor) -> None:
-    if t.device.type != "cuda" and not interpreted():
-        raise ValueError(
-            f"Triton paged attention got {t.device} tensors: it needs CUDA, or TRITON_INTERPRET=1 set "
-            "before triton is first imported"
-        )
-
-
 def write_kv(
     key: torch.Tensor,  # [T, H_kv, D]
     value: torch.Tensor,  # [T, H_kv, D]
@@ -196,7 +179,7 @@ def write_kv(
     slot_mapping: torch.Tensor,  # [T] int64
 ) -> None:
     """Store the step's keys/values into their cache slots; a token with slot < 0 is skipped."""
-    _check_device(key)
+    check_device(key, "Triton paged attention")
     num_tokens, num_kv_heads, head_dim = key.shape
     if num_tokens == 0:
         return
@@ -221,7 +204,7 @@ def paged_attention(
     plan: TilePlan | None = None,
 ) -> torch.Tensor:  # [T, H, D]
     """Causal attention of each sequence's new tokens over its paged KV (already written)."""
-    _check_device(query)
+    check_device(query, "Triton paged attention")
     num_tokens, num_heads, head_dim = query.shape
     num_kv_heads = kv_cache.shape[3]
     assert num_heads % num_kv_heads == 0, f"{num_heads} query heads over {num_kv_heads} KV heads"

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from tachyon.kernels.triton_runtime import check_device, interpreted
+
 _MIN_BLOCK = 16  # tl.dot's smallest tile side
 _MAX_BLOCK_K = 128
 _INTERPRETER_PROGRAMS = 4  # the interpreter has no SMs: a small target still exercises split-K in tests
@@ -109,7 +111,7 @@ def quant_gemm(
     group_size: int | None,  # None = one scale per output channel
 ) -> torch.Tensor:  # [M, N] in x's dtype
     """y = x @ dequant(W).T, W = (q - zero_point) * scale per group of `group_size` input columns."""
-    _check_device(x)
+    check_device(x, "the Triton quantized GEMM")
     num_rows, in_features = x.shape
     out_features = words.shape[1]
     assert words.is_contiguous() and scale.is_contiguous(), "kernel_layout gives row-major words and scales"
@@ -155,16 +157,3 @@ def _split_k(k_tiles: int, num_tiles: int, device: torch.device) -> tuple[int, i
 @functools.cache
 def _num_sms(index: int | None) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def interpreted() -> bool:
-    """Whether the kernel runs in Triton's interpreter (TRITON_INTERPRET=1 set before triton was imported)."""
-    return not isinstance(_quant_gemm_kernel, triton.runtime.JITFunction)
-
-
-def _check_device(t: torch.Tensor) -> None:
-    if t.device.type != "cuda" and not interpreted():
-        raise RuntimeError(
-            f"the Triton quantized GEMM got {t.device} tensors: it needs CUDA, or TRITON_INTERPRET=1 set "
-            "before triton is first imported"
-        )

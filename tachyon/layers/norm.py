@@ -1,10 +1,13 @@
 """RMSNorm with an optional fused residual add, computed in float32 exactly as HF transformers does
-(so fp32 greedy outputs match it token for token)."""
+(so fp32 greedy outputs match it token for token); in half precision one fused kernel on CPU and CUDA
+(layers/fused.py)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from tachyon.layers.fused import fused_kernels
 
 
 class RMSNorm(nn.Module):
@@ -23,6 +26,9 @@ class RMSNorm(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """With `residual`, returns (norm(x + residual), x + residual): the pre-norm block pattern."""
+        kernels = fused_kernels(x, bit_exact=False)
+        if kernels is not None:
+            return kernels.rms_norm(x, self.weight, self.eps, residual)
         if residual is None:
             return self._norm(x)
         x = x + residual

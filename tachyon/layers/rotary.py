@@ -11,6 +11,8 @@ import math
 import torch
 from torch import nn
 
+from tachyon.layers.fused import fused_kernels
+
 
 def rope_settings(hf_config) -> tuple[float, dict]:
     """(theta, scaling dict) from either the transformers-5 `rope_parameters` or the older fields."""
@@ -62,6 +64,9 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q [T, H, D], k [T, H_kv, D], positions [T] -> rotated q, k in their own dtype."""
+        kernels = fused_kernels(q, bit_exact=True)
+        if kernels is not None:
+            return kernels.rotary(positions, q, k, self.cos, self.sin)
         cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, D]
         sin = self.sin[positions].unsqueeze(1).to(q.dtype)
         return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

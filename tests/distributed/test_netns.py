@@ -78,8 +78,10 @@ def test_prefill_and_decode_on_separate_hosts(shallow_model_dir, connector):
     flags = ["--kv-cache-memory", str(64 * 2**20), "--max-model-len", "512", "--uvicorn-log-level", "warning"]
     with lan(2) as (prefill_host, decode_host), contextlib.ExitStack() as stack:
         prefill_ip, decode_ip = f"{SUBNET}.2", f"{SUBNET}.3"
+        # a fixed KV export port, below the ephemeral range: with `--kv-port 0` the OS could hand the
+        # export server the very port TachyonProcess picked for HTTP, which it only binds afterwards
         prefill = TachyonProcess(
-            ["serve", shallow_model_dir, "--host", prefill_ip, "--role", "prefill", *flags],
+            ["serve", shallow_model_dir, "--host", prefill_ip, "--role", "prefill", "--kv-port", "7001", *flags],
             ("ip", "netns", "exec", prefill_host),
             prefill_ip,
         )

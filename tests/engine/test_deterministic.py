@@ -16,7 +16,7 @@ TARGET = 11  # the longest prompt (199 tokens): chunked differently alone and be
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_output_is_the_same_bits_alone_and_in_a_crowd(model_dir, dtype, monkeypatch):
-    # by default, chunks over contexts this long would take SDPA, whose sums depend on the chunking
+    # by default, chunks over contexts this long would take SDPA (fp32), whose sums depend on the chunking
     monkeypatch.setattr(cpu_backend, "NATIVE_MAX_CONTEXT", 32)
     # without prefix caching the crowd recomputes the prompt, in other chunks beside other sequences
     llm = LLM(model_dir, dtype=dtype, deterministic=True, max_num_batched_tokens=64, enable_prefix_caching=False)

@@ -17,7 +17,8 @@ if not ON_GPU:
 DEVICE = "cuda" if ON_GPU else "cpu"
 triton = pytest.importorskip("triton")
 
-from tachyon.kernels.paged_attention import interpreted, paged_attention, plan_tiles, write_kv  # noqa: E402
+from tachyon.kernels.paged_attention import paged_attention, plan_tiles, write_kv  # noqa: E402
+from tachyon.kernels.triton_runtime import interpreted  # noqa: E402
 from tachyon.layers.attention.backend import create_attention_backend  # noqa: E402
 from tests.layers.attention_cases import make_case, reference_attention  # noqa: E402
 

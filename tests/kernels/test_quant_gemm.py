@@ -24,7 +24,8 @@ triton = pytest.importorskip("triton")
 from compressed_tensors.compressors.base import BaseCompressor  # noqa: E402
 from compressed_tensors.quantization import QuantizationConfig  # noqa: E402
 
-from tachyon.kernels.quant_gemm import interpreted, kernel_layout, quant_gemm  # noqa: E402
+from tachyon.kernels.quant_gemm import kernel_layout, quant_gemm  # noqa: E402
+from tachyon.kernels.triton_runtime import interpreted  # noqa: E402
 from tachyon.layers.linear import Linear, finish_loading  # noqa: E402
 from tachyon.layers.quantized_linear import WeightOnlyIntMethod  # noqa: E402
 from tachyon.quantization.compressed_tensors import compress_weight, quantization_config  # noqa: E402

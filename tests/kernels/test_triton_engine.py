@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 from transformers import LlamaConfig  # noqa: E402
 
 from tachyon import LLM, SamplingParams  # noqa: E402
-from tachyon.kernels.paged_attention import interpreted  # noqa: E402
+from tachyon.kernels.triton_runtime import interpreted  # noqa: E402
 from tests.reference import save_tiny_model  # noqa: E402
 
 if not ON_GPU and not interpreted():

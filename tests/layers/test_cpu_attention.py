@@ -9,6 +9,7 @@ import torch
 
 from tachyon.kernels.native import load_native_library
 from tachyon.layers.attention.backend import create_attention_backend
+from tachyon.layers.attention.cpu_backend import CpuAttentionBackend
 from tests.layers.attention_cases import make_case, reference_attention
 
 CPU = torch.device("cpu")
@@ -18,18 +19,25 @@ SHAPES = [
     ([5, 1, 1, 17], [5, 40, 3, 33], 9, 3, 64, 16),  # prefill, decodes, a 17-token chunk over a cached prefix
     ([3, 3, 1], [19, 3, 64], 8, 2, 128, 8),  # speculative-style verification rows
     ([1, 2, 40], [100, 70, 40], 8, 1, 128, 32),  # 8 query heads per KV head; a prefill chunk beside them
-    ([20, 1], [4200, 30], 4, 2, 64, 16),  # a long chunk over a long context: the SDPA path
+    ([20, 1], [4200, 30], 4, 2, 64, 16),  # a long chunk over a long context: SDPA, unless bf16 on vdpbf16ps
+    ([1] * 9, [7, 20, 33, 1, 2, 3, 50, 16, 17], 16, 16, 64, 16),  # many KV heads: tasks of 8 heads each
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+# builds: the one for this machine, and (where it has AVX512_BF16) the portable bf16 path without it
+BUILDS = [(torch.float32, ()), (torch.bfloat16, ()), (torch.bfloat16, ("-mno-avx512bf16",))]
+
+
+@pytest.mark.parametrize("dtype,extra_flags", BUILDS, ids=["fp32", "bf16", "bf16-portable"])
 @pytest.mark.parametrize("query_lens,seq_lens,heads,kv_heads,head_dim,block_size", SHAPES)
-def test_cpu_backend_matches_naive_reference(query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype):
+def test_cpu_backend_matches_naive_reference(
+    query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, extra_flags
+):
     case = make_case(query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype=dtype)
     expected, expected_cache = reference_attention(case)
     # the query as the model hands it over: a view into a wider qkv row, not a contiguous tensor
     qkv = torch.cat([case.query, torch.zeros_like(case.query[:, :1])], dim=1)
-    backend = create_attention_backend("cpu", CPU, dtype, heads // kv_heads, head_dim)
+    backend = CpuAttentionBackend(extra_flags)
     out = backend.forward(qkv[:, :heads], case.key, case.value, case.kv_cache, case.meta, case.scale)
     assert backend.name == "cpu" and out.dtype == dtype
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1.6e-2}

@@ -4,9 +4,10 @@ Decodes and speculative verifications are memory-bound: every step reads each se
 history for a handful of query rows. The native kernel (tachyon/kernels/cpu_paged_attention.cpp) reads
 it once, in place through the block table, where the PyTorch path gathers it into padded tensors and
 reads it twice more. The kernel attends row by row, so a prefill chunk re-reads its keys for every
-row; that stays cheaper than SDPA's gather and padding up to a few thousand positions (measured: 12-20%
-faster prefill at 256-4096 tokens, 10% slower at 8000, bf16 and fp32 on AVX-512), so only chunks of
-more than `NATIVE_MAX_QUERY_LEN` tokens over more than `NATIVE_MAX_CONTEXT` positions take SDPA.
+row; that stays cheaper than SDPA's gather and padding up to a few thousand positions, and at any
+length in bf16 on CPUs with AVX512_BF16 (measured on one 8000-token prompt: float32 17% slower than
+SDPA, bf16 10% faster). So, except in that bf16 case, chunks of more than `NATIVE_MAX_QUERY_LEN`
+tokens over more than `NATIVE_MAX_CONTEXT` positions take SDPA.
 
 Each row r of the kernel's work is one new token: it attends to the first `row_ctx[r]` positions of
 sequence `row_seq[r]` (its cached prefix plus the new tokens up to itself), which is the causal mask.
@@ -31,12 +32,14 @@ _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _SOURCE = "cpu_paged_attention.cpp"
 
 
-def _library() -> ctypes.CDLL | None:
-    lib = load_native_library(_SOURCE)
+def _library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    lib = load_native_library(_SOURCE, extra_flags)
     if lib is not None and not getattr(lib, "_tachyon_typed", False):
         i32p, i32, f32 = ctypes.POINTER(ctypes.c_int32), ctypes.c_int, ctypes.c_float
         lib.tachyon_supports.argtypes = [i32, i32]
         lib.tachyon_supports.restype = i32
+        lib.tachyon_fast_bf16.argtypes = []
+        lib.tachyon_fast_bf16.restype = i32
         fn = lib.tachyon_paged_attention
         fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
         fn.argtypes += [i32p, i32, i32p, i32p, i32p, i32, i32, i32, i32, i32, i32, f32, i32, i32]
@@ -66,11 +69,11 @@ class _Plan:
     groups: list[_Group]  # the longer chunks, for the PyTorch path
 
 
-def _build_plan(meta: AttentionMetadata, device: torch.device, batch_invariant: bool) -> _Plan:
+def _build_plan(meta: AttentionMetadata, device: torch.device, all_rows_native: bool) -> _Plan:
     rows, row_seq, row_ctx, long_seqs = [], [], [], []
     starts = itertools.accumulate(meta.query_lens_cpu, initial=0)
     for b, (start, q_len, seq_len) in enumerate(zip(starts, meta.query_lens_cpu, meta.seq_lens_cpu)):
-        if not batch_invariant and q_len > NATIVE_MAX_QUERY_LEN and seq_len > NATIVE_MAX_CONTEXT:
+        if not all_rows_native and q_len > NATIVE_MAX_QUERY_LEN and seq_len > NATIVE_MAX_CONTEXT:
             long_seqs.append(b)
             continue
         rows += range(start, start + q_len)
@@ -92,8 +95,8 @@ class CpuAttentionBackend(AttentionBackend):
 
     name = "cpu"
 
-    def __init__(self) -> None:
-        self.lib = _library()
+    def __init__(self, extra_flags: tuple[str, ...] = ()) -> None:
+        self.lib = _library(extra_flags)
         if self.lib is None:
             raise RuntimeError(f"the cpu attention backend needs {_SOURCE} built; see the warning above")
         self.batch_invariant = False
@@ -103,7 +106,8 @@ class CpuAttentionBackend(AttentionBackend):
             raise NotImplementedError("the cpu backend has no 8-bit KV cache; the runner picks torch for it")
         write_kv_cache(key, value, kv_cache, meta.slot_mapping)
         if meta.plan is None:
-            meta.plan = _build_plan(meta, query.device, self.batch_invariant)
+            fast_bf16 = query.dtype == torch.bfloat16 and self.lib.tachyon_fast_bf16()
+            meta.plan = _build_plan(meta, query.device, self.batch_invariant or fast_bf16)
         plan: _Plan = meta.plan
         if not kv_cache.is_contiguous() or not meta.block_tables.is_contiguous():
             raise ValueError("the cpu attention backend reads a contiguous KV cache and block table")
