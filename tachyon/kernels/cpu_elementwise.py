@@ -11,6 +11,7 @@ import functools
 
 import torch
 
+from tachyon.kernels import as_rows
 from tachyon.kernels.native import load_native_library
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
@@ -34,17 +35,11 @@ def supports(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _DTYPES and _library() is not None
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    """x as [rows, last dim] with unit stride along the last dim (a copy only when it must)."""
-    x = x.reshape(-1, x.shape[-1])
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm over the last dim; with `residual`, (norm(x + residual), x + residual)."""
-    rows = _rows(x)
+    rows = as_rows(x)
     out = torch.empty(x.shape, dtype=x.dtype)
     summed = None
     if residual is not None:
@@ -60,7 +55,7 @@ def rms_norm(
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """[..., 2 * n] -> silu(first half) * second half, [..., n]"""
-    rows = _rows(gate_up)
+    rows = as_rows(gate_up)
     size = rows.shape[1] // 2
     out = torch.empty(*gate_up.shape[:-1], size, dtype=gate_up.dtype)
     _library().tachyon_silu_and_mul(

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tachyon.kernels import as_rows
 from tachyon.kernels.triton_runtime import check_device
 
 _SILU_BLOCK = 1024
@@ -94,17 +95,12 @@ def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, size, BLOCK: tl.constexpr):
     tl.store(out_ptr + row * size + cols, (silu * up).to(dtype), mask=mask)
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    x = x.reshape(-1, x.shape[-1])
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """RMSNorm over the last dim; with `residual`, (norm(x + residual), x + residual)."""
     check_device(x, "the Triton RMSNorm")
-    rows = _rows(x)
+    rows = as_rows(x)
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     summed = torch.empty_like(out) if residual is not None else None
     if rows.shape[0]:
@@ -140,7 +136,7 @@ def rotary(
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """[..., 2 * n] -> silu(first half) * second half, [..., n]"""
     check_device(gate_up, "the Triton SiLU-and-mul")
-    rows = _rows(gate_up)
+    rows = as_rows(gate_up)
     size = rows.shape[1] // 2
     out = torch.empty(*gate_up.shape[:-1], size, dtype=gate_up.dtype, device=gate_up.device)
     if rows.shape[0]:
