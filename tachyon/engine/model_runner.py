@@ -18,6 +18,7 @@ from tachyon.engine.outputs import PositionLogprobs
 from tachyon.engine.sampler import Sampler, SamplingMetadata, token_logprobs
 from tachyon.engine.scheduler import ScheduledRequest, SchedulerOutput
 from tachyon.engine.spec_decode.rejection_sampler import verify_drafts
+from tachyon.layers import fused
 from tachyon.layers.attention.backend import create_attention_backend
 from tachyon.layers.attention.kv_quant import KV_CACHE_DTYPES, SCALE_DTYPE, kv_bytes_per_head
 from tachyon.layers.attention.layer import PagedAttention
@@ -65,6 +66,7 @@ class ModelRunner:
         if config.deterministic:
             self._make_batch_invariant()
         logger.info("Attention backend: %s", self.backend.name)
+        logger.info("Elementwise layers: %s", fused.describe(self.dtype, self.device))
         for layer in self.attn_layers:
             layer.backend = self.backend
         self.sampler = Sampler()

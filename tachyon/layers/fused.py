@@ -38,3 +38,17 @@ def fused_kernels(x: torch.Tensor, bit_exact: bool) -> ModuleType | None:
     if x.is_cuda:
         return _triton_kernels()
     return cpu_elementwise if cpu_elementwise.supports(x) else None
+
+
+def describe(dtype: torch.dtype, device: torch.device) -> str:
+    """For the start-up log: what runs RMSNorm / SiLU-and-mul and rotary for this dtype and device."""
+    probe = torch.empty(0, dtype=dtype, device=device)
+
+    def name(kernels: ModuleType | None) -> str:
+        return {cpu_elementwise: "native kernel", None: "PyTorch ops"}.get(kernels, "Triton kernel")
+
+    return (
+        f"RMSNorm and SiLU-and-mul: {name(fused_kernels(probe, bit_exact=False))}; "
+        f"rotary: {name(fused_kernels(probe, bit_exact=True))}"
+        + (" (float32: only bit-exact kernels)" if dtype == torch.float32 else "")
+    )

@@ -104,3 +104,23 @@ def test_silu_and_mul_matches_hf(impl, rows, size, dtype):
     gate_up = gate_up.to(device)
     expected = ACT2FN["silu"](gate_up[:, :size]) * gate_up[:, size:]
     assert_within_last_bits(kernels.silu_and_mul(gate_up), expected)
+
+
+def test_float32_layers_stay_bit_identical_to_hf_and_the_log_says_so():
+    """float32 is the reference precision: the layers take only kernels that round as PyTorch does."""
+    from tachyon.layers import fused
+    from tachyon.layers.activation import silu_and_mul
+    from tachyon.layers.norm import RMSNorm
+
+    gen = torch.Generator().manual_seed(0)
+    x, residual = torch.randn(64, 576, generator=gen), torch.randn(64, 576, generator=gen)
+    ours, hf = RMSNorm(576, 1e-5), LlamaRMSNorm(576, eps=1e-5)
+    ours.weight.data = hf.weight.data = torch.randn(576, generator=gen)
+    torch.testing.assert_close(ours(x, residual)[0], hf(residual + x), atol=0, rtol=0)
+    gate_up = torch.randn(64, 3072, generator=gen)
+    torch.testing.assert_close(
+        silu_and_mul(gate_up), ACT2FN["silu"](gate_up[:, :1536]) * gate_up[:, 1536:], atol=0, rtol=0
+    )
+    cpu = torch.device("cpu")
+    assert fused.describe(torch.float32, cpu).startswith("RMSNorm and SiLU-and-mul: PyTorch ops; rotary: native")
+    assert fused.describe(torch.bfloat16, cpu) == "RMSNorm and SiLU-and-mul: native kernel; rotary: native kernel"
