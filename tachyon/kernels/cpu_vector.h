@@ -5,6 +5,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 typedef float vfloat __attribute__((vector_size(64)));  // 16 lanes
 typedef int32_t vint __attribute__((vector_size(64)));
@@ -24,20 +27,28 @@ static inline vfloat load16(const char *p) {
     }
 }
 
-// float -> bf16 bits, round to nearest even; NaN becomes 0x7FC0, as torch rounds it
-static inline vuint round_to_bf16(vfloat v) {
+// float -> bf16, round to nearest even as torch rounds (NaN stays NaN): one vcvtneps2bf16 where the CPU
+// has AVX512_BF16, else integer arithmetic on the bits
+static inline vhalf to_bf16(vfloat v) {
+#if defined(__AVX512BF16__)
+    const __m256bh h = _mm512_cvtneps_pbh((__m512)v);
+    vhalf out;
+    memcpy(&out, &h, sizeof out);
+    return out;
+#else
     const vuint u = (vuint)v;
     const vuint rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16;
-    return v != v ? (vuint){} + 0x7FC0 : rounded;
+    return __builtin_convertvector(v != v ? (vuint){} + 0x7FC0 : rounded, vhalf);
+#endif
 }
 
 // v rounded to bf16 and widened back: what a bf16 tensor op stores
-static inline vfloat bf16_round_trip(vfloat v) { return (vfloat)(round_to_bf16(v) << 16); }
+static inline vfloat bf16_round_trip(vfloat v) { return (vfloat)(__builtin_convertvector(to_bf16(v), vuint) << 16); }
 
 template <bool BF16>
 static inline void store16(char *p, vfloat v) {
     if constexpr (BF16) {
-        const vhalf h = __builtin_convertvector(round_to_bf16(v), vhalf);
+        const vhalf h = to_bf16(v);
         memcpy(p, &h, sizeof h);
     } else {
         memcpy(p, &v, sizeof v);
