@@ -76,7 +76,13 @@ class LLMEngine:
         self.tokenizer = self.source.tokenizer
         device = rank_device(config, 0)
         dtype = config.resolve_dtype(self.source.hf_config, device)
-        self.max_model_len = config.max_model_len or self.source.hf_config.max_position_embeddings
+        trained = self.source.hf_config.max_position_embeddings
+        if config.max_model_len and config.max_model_len > trained:
+            # the rotary table (and what the model was trained on) ends there, as vLLM also refuses
+            raise ValueError(
+                f"--max-model-len {config.max_model_len} exceeds the model's max_position_embeddings ({trained})"
+            )
+        self.max_model_len = config.max_model_len or trained
         self.workers = self._start_workers(device) if config.tensor_parallel_size > 1 else None
         try:
             self._init_model_and_cache(device, dtype)

@@ -145,3 +145,8 @@ def test_unknown_model_path_is_a_clear_error(tmp_path):
 
     with pytest.raises(ModelLoadError, match="does-not-exist"):
         LLM(str(tmp_path / "does-not-exist"))
+
+
+def test_a_context_longer_than_the_model_was_built_for_is_refused(model_dir):
+    with pytest.raises(ValueError, match=r"--max-model-len 8193 exceeds the model's max_position_embeddings \(8192\)"):
+        LLM(model_dir, max_model_len=8193)

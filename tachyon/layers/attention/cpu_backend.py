@@ -99,6 +99,7 @@ class CpuAttentionBackend(AttentionBackend):
         self.lib = _library(extra_flags)
         if self.lib is None:
             raise RuntimeError(f"the cpu attention backend needs {_SOURCE} built; see the warning above")
+        self.fast_bf16 = bool(self.lib.tachyon_fast_bf16())
         self.batch_invariant = False
 
     def forward(self, query, key, value, kv_cache, meta, scale, kv_scales=None):
@@ -106,7 +107,7 @@ class CpuAttentionBackend(AttentionBackend):
             raise NotImplementedError("the cpu backend has no 8-bit KV cache; the runner picks torch for it")
         write_kv_cache(key, value, kv_cache, meta.slot_mapping)
         if meta.plan is None:
-            fast_bf16 = query.dtype == torch.bfloat16 and self.lib.tachyon_fast_bf16()
+            fast_bf16 = self.fast_bf16 and query.dtype == torch.bfloat16
             meta.plan = _build_plan(meta, query.device, self.batch_invariant or fast_bf16)
         plan: _Plan = meta.plan
         if not kv_cache.is_contiguous() or not meta.block_tables.is_contiguous():
