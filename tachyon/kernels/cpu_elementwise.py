@@ -12,9 +12,8 @@ import functools
 import torch
 
 from tachyon.kernels import as_rows
-from tachyon.kernels.native import load_native_library
+from tachyon.kernels.native import DTYPE_FLAGS, load_native_library
 
-_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _SOURCE = "cpu_elementwise.cpp"
 
 
@@ -32,7 +31,7 @@ def _library() -> ctypes.CDLL | None:
 
 
 def supports(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in _DTYPES and _library() is not None
+    return x.device.type == "cpu" and x.dtype in DTYPE_FLAGS and _library() is not None
 
 
 def rms_norm(
@@ -48,7 +47,7 @@ def rms_norm(
     _library().tachyon_rms_norm(
         rows.data_ptr(), rows.stride(0), None if residual is None else residual.data_ptr(),
         weight.contiguous().data_ptr(), out.data_ptr(), None if summed is None else summed.data_ptr(),
-        rows.shape[0], rows.shape[1], eps, _DTYPES[x.dtype], torch.get_num_threads(),
+        rows.shape[0], rows.shape[1], eps, DTYPE_FLAGS[x.dtype], torch.get_num_threads(),
     )  # fmt: skip
     return out if residual is None else (out, summed)
 
@@ -59,7 +58,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     size = rows.shape[1] // 2
     out = torch.empty(*gate_up.shape[:-1], size, dtype=gate_up.dtype)
     _library().tachyon_silu_and_mul(
-        rows.data_ptr(), rows.stride(0), out.data_ptr(), rows.shape[0], size, _DTYPES[gate_up.dtype],
+        rows.data_ptr(), rows.stride(0), out.data_ptr(), rows.shape[0], size, DTYPE_FLAGS[gate_up.dtype],
         torch.get_num_threads(),
     )  # fmt: skip
     return out
@@ -78,6 +77,6 @@ def rotary(
     _library().tachyon_rotary(
         q.data_ptr(), q.stride(0), q_out.data_ptr(), q.shape[1], k.data_ptr(), k.stride(0), k_out.data_ptr(),
         k.shape[1], positions.data_ptr(), cos.data_ptr(), sin.data_ptr(), q.shape[0], q.shape[2],
-        _DTYPES[q.dtype], torch.get_num_threads(),
+        DTYPE_FLAGS[q.dtype], torch.get_num_threads(),
     )  # fmt: skip
     return q_out, k_out

@@ -21,7 +21,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
+
 logger = logging.getLogger(__name__)
+
+# the dtypes the native kernels take, as the `bf16` flag each of their entry points reads
+DTYPE_FLAGS = {torch.float32: 0, torch.bfloat16: 1}
 
 FLAGS = ["-std=c++17", "-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC"]
 

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 
 import torch
 
-from tachyon.kernels.native import load_native_library
+from tachyon.kernels.native import DTYPE_FLAGS, load_native_library
 from tachyon.layers.attention.backend import AttentionBackend, register_backend, write_kv_cache
 from tachyon.layers.attention.metadata import AttentionMetadata
 from tachyon.layers.attention.torch_backend import _Group, attend_groups, build_plan
 
 NATIVE_MAX_QUERY_LEN = 16
 NATIVE_MAX_CONTEXT = 4096
-_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
 _SOURCE = "cpu_paged_attention.cpp"
 
 
@@ -50,7 +49,7 @@ def _library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
 
 def unsupported_reason(dtype: torch.dtype, group: int, head_dim: int) -> str | None:
     """Why the native kernel cannot run this model here, or None when it can."""
-    if dtype not in _DTYPES:
+    if dtype not in DTYPE_FLAGS:
         return f"the native CPU kernel has no {dtype} path (float32 and bfloat16 only)"
     lib = _library()
     if lib is None:
@@ -123,7 +122,7 @@ class CpuAttentionBackend(AttentionBackend):
                 query.data_ptr(), query.stride(0), kv_cache.data_ptr(), num_blocks * block_size, out.data_ptr(),
                 _ptr(tables), tables.shape[1], _ptr(plan.rows), _ptr(plan.row_seq), _ptr(plan.row_ctx),
                 num_rows, plan.max_ctx, query.shape[1], num_kv_heads, head_dim, block_size, scale,
-                _DTYPES[query.dtype], torch.get_num_threads(),
+                DTYPE_FLAGS[query.dtype], torch.get_num_threads(),
             )  # fmt: skip
             if failed:
                 raise ValueError(f"no native CPU kernel for {query.shape[1]}/{num_kv_heads} heads of {head_dim} dims")
