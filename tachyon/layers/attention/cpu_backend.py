@@ -9,6 +9,9 @@ length in bf16 on CPUs with AVX512_BF16 (measured on one 8000-token prompt: floa
 SDPA, bf16 10% faster). So, except in that bf16 case, chunks of more than `NATIVE_MAX_QUERY_LEN`
 tokens over more than `NATIVE_MAX_CONTEXT` positions take SDPA.
 
+The same native call first writes the step's new keys and values into their cache slots (the
+PyTorch backends' `write_kv_cache`, without its two index_copy_ dispatches per layer).
+
 Each row r of the kernel's work is one new token: it attends to the first `row_ctx[r]` positions of
 sequence `row_seq[r]` (its cached prefix plus the new tokens up to itself), which is the causal mask.
 """
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from tachyon.kernels.native import DTYPE_FLAGS, load_native_library
-from tachyon.layers.attention.backend import AttentionBackend, register_backend, write_kv_cache
+from tachyon.layers.attention.backend import AttentionBackend, register_backend
 from tachyon.layers.attention.metadata import AttentionMetadata
 from tachyon.layers.attention.torch_backend import _Group, attend_groups, build_plan
 
@@ -40,7 +43,8 @@ def _library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
         lib.tachyon_fast_bf16.argtypes = []
         lib.tachyon_fast_bf16.restype = i32
         fn = lib.tachyon_paged_attention
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p]
+        ptr, long = ctypes.c_void_p, ctypes.c_long
+        fn.argtypes = [ptr, long, ptr, long, ptr, long, ctypes.POINTER(ctypes.c_int64), i32, ptr, long, ptr]
         fn.argtypes += [i32p, i32, i32p, i32p, i32p, i32, i32, i32, i32, i32, i32, f32, i32, i32]
         fn.restype = i32
         lib._tachyon_typed = True
@@ -104,27 +108,26 @@ class CpuAttentionBackend(AttentionBackend):
     def forward(self, query, key, value, kv_cache, meta, scale, kv_scales=None):
         if kv_scales is not None:
             raise NotImplementedError("the cpu backend has no 8-bit KV cache; the runner picks torch for it")
-        write_kv_cache(key, value, kv_cache, meta.slot_mapping)
         if meta.plan is None:
             fast_bf16 = self.fast_bf16 and query.dtype == torch.bfloat16
             meta.plan = _build_plan(meta, query.device, self.batch_invariant or fast_bf16)
         plan: _Plan = meta.plan
         if not kv_cache.is_contiguous() or not meta.block_tables.is_contiguous():
             raise ValueError("the cpu attention backend reads a contiguous KV cache and block table")
-        if query.stride(-1) != 1 or query.stride(1) != query.shape[-1]:
-            query = query.contiguous()
+        query, key, value = (x if x.stride(-1) == 1 and x.stride(1) == x.shape[-1] else x.contiguous()
+                             for x in (query, key, value))  # fmt: skip
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
-        num_rows = plan.rows.numel()
-        if num_rows:
-            _, num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape
-            tables = meta.block_tables
-            failed = self.lib.tachyon_paged_attention(
-                query.data_ptr(), query.stride(0), kv_cache.data_ptr(), num_blocks * block_size, out.data_ptr(),
-                _ptr(tables), tables.shape[1], _ptr(plan.rows), _ptr(plan.row_seq), _ptr(plan.row_ctx),
-                num_rows, plan.max_ctx, query.shape[1], num_kv_heads, head_dim, block_size, scale,
-                DTYPE_FLAGS[query.dtype], torch.get_num_threads(),
-            )  # fmt: skip
-            if failed:
-                raise ValueError(f"no native CPU kernel for {query.shape[1]}/{num_kv_heads} heads of {head_dim} dims")
+        _, num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape
+        tables, slots = meta.block_tables, meta.slot_mapping
+        failed = self.lib.tachyon_paged_attention(
+            query.data_ptr(), query.stride(0), key.data_ptr(), key.stride(0), value.data_ptr(), value.stride(0),
+            ctypes.cast(slots.data_ptr(), ctypes.POINTER(ctypes.c_int64)), slots.numel(),
+            kv_cache.data_ptr(), num_blocks * block_size, out.data_ptr(), _ptr(tables), tables.shape[1],
+            _ptr(plan.rows), _ptr(plan.row_seq), _ptr(plan.row_ctx), plan.rows.numel(), plan.max_ctx,
+            query.shape[1], num_kv_heads, head_dim, block_size, scale, DTYPE_FLAGS[query.dtype],
+            torch.get_num_threads(),
+        )  # fmt: skip
+        if failed:
+            raise ValueError(f"no native CPU kernel for {query.shape[1]}/{num_kv_heads} heads of {head_dim} dims")
         attend_groups(query, kv_cache, plan.groups, scale, out)
         return out
