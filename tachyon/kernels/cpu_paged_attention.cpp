@@ -19,6 +19,9 @@
 #include <float.h>
 #include <stdlib.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "cpu_vector.h"
 
 struct Args {
@@ -227,78 +230,113 @@ static inline void finish_values(const vfloat *acc, float inv_sum, char *out) {
     for (int c = 0; c < D / 16; c++) store16<BF16>(out + c * 16 * E, acc[c] * inv_sum);
 }
 
-// One row against KV heads [h0, h1): G query heads per KV head, D dims, over the row's first ctx keys and
-// values, walked block by block through the table. A block's slots hold every KV head side by side, so
-// a task covering all heads reads whole blocks front to back.
+// Up to this many consecutive rows of one sequence (a prefill chunk's, a verification's) make one tile: they
+// walk the same blocks, so each block comes from memory once per tile and from L1 for the tile's other rows,
+// where rows attended alone each streamed the whole context from L2 or L3.
+static constexpr int TILE_ROWS = 8;
+
+// Rows [r0, r0 + num_rows) of one sequence against KV heads [h0, h1): G query heads per KV head, D dims, each
+// row over its first row_ctx keys and values, walked block by block through the table. A block's slots hold
+// every KV head side by side, so a task covering all heads reads whole blocks front to back. Each row's
+// result is computed in the same order whatever tile it is in. `scores` holds num_rows * (h1 - h0) * G *
+// max_ctx floats, `acc` num_rows * (h1 - h0) * G * D / 16 vectors.
 template <bool BF16, int G, int D>
-static void attend_row(const Args &a, int r, int h0, int h1, float *scores) {
+static void attend_tile(const Args &a, int r0, int num_rows, int h0, int h1, float *scores, vfloat *acc) {
     constexpr size_t E = BF16 ? 2 : 4;
+    constexpr int C = D / 16;
     const size_t slot_bytes = (size_t)a.num_kv_heads * D * E, block_bytes = a.block_size * slot_bytes;
-    const int row = a.rows[r], ctx = a.row_ctx[r], bs = a.block_size;
-    const int32_t *table = a.block_tables + (size_t)a.row_seq[r] * a.max_blocks;
-    const char *q_row = a.q + (size_t)row * a.q_row_stride * E;
-    auto head_scores = [&](int h) { return scores + (size_t)(h - h0) * G * ctx; };  // [G][ctx]
+    const int bs = a.block_size, heads = h1 - h0;
+    const int32_t *table = a.block_tables + (size_t)a.row_seq[r0] * a.max_blocks;
+    const int32_t *ctx = a.row_ctx + r0;
+    int max_ctx = 0;
+    for (int j = 0; j < num_rows; j++) max_ctx = ctx[j] > max_ctx ? ctx[j] : max_ctx;
+    auto q_head = [&](int j, int h) {
+        return a.q + ((size_t)a.rows[r0 + j] * a.q_row_stride + (size_t)h * G * D) * E;
+    };
+    auto head_scores = [&](int j, int h) {  // [G][max_ctx]
+        return scores + ((size_t)j * heads + h - h0) * G * max_ctx;
+    };
+    auto head_acc = [&](int j, int h) { return (vfloat(*)[C])(acc + ((size_t)j * heads + h - h0) * G * C); };
+    auto rows_in = [&](int j, int i) { return ctx[j] - i * bs < bs ? ctx[j] - i * bs : bs; };  // in block i
 
     // while the arithmetic runs on block i, the next block to read comes in: the next key block, then the
     // first value block, then the next value block; each head's work asks for its share of the lines
-    const int num_blocks = (ctx + bs - 1) / bs;
+    const int num_blocks = (max_ctx + bs - 1) / bs;
     auto block = [&](const char *cache, int i) { return cache + (size_t)table[i] * block_bytes; };
     auto share = [&](const char *next, int h) {
-        const size_t bytes = next ? block_bytes / (h1 - h0) : 0;
+        const size_t bytes = next ? block_bytes / heads : 0;
         return Prefetcher{next + (h - h0) * bytes, next + (h - h0 + 1) * bytes};
     };
 
     for (int i = 0; i < num_blocks; i++) {
         const char *keys = block(a.k_cache, i);
         const char *next = i + 1 < num_blocks ? block(a.k_cache, i + 1) : block(a.v_cache, 0);
-        const int n = ctx - i * bs < bs ? ctx - i * bs : bs;
         for (int h = h0; h < h1; h++) {
             Prefetcher ahead = share(next, h);
-            score_keys<BF16, G, D>(q_row + (size_t)h * G * D * E, keys + (size_t)h * D * E, slot_bytes, n,
-                                   head_scores(h) + i * bs, ctx, ahead);
+            for (int j = 0; j < num_rows; j++)
+                if (rows_in(j, i) > 0)
+                    score_keys<BF16, G, D>(q_head(j, h), keys + (size_t)h * D * E, slot_bytes, rows_in(j, i),
+                                           head_scores(j, h) + i * bs, max_ctx, ahead);
             ahead.rest();
         }
     }
-    float inv_sum[8][G];
-    for (int h = h0; h < h1; h++)
-        for (int g = 0; g < G; g++) inv_sum[h - h0][g] = softmax_weights(head_scores(h) + g * ctx, ctx, a.scale);
+    float inv_sum[TILE_ROWS][8][G];
+    for (int j = 0; j < num_rows; j++)
+        for (int h = h0; h < h1; h++)
+            for (int g = 0; g < G; g++)
+                inv_sum[j][h - h0][g] = softmax_weights(head_scores(j, h) + g * max_ctx, ctx[j], a.scale);
 
-    vfloat acc[8][G][D / 16] = {};
+    memset(acc, 0, sizeof(vfloat) * num_rows * heads * G * C);
     for (int i = 0; i < num_blocks; i++) {
         const char *values = block(a.v_cache, i);
         const char *next = i + 1 < num_blocks ? block(a.v_cache, i + 1) : nullptr;
-        const int n = ctx - i * bs < bs ? ctx - i * bs : bs;
         for (int h = h0; h < h1; h++) {
             Prefetcher ahead = share(next, h);
-            accumulate_values<BF16, G, D>(head_scores(h) + i * bs, ctx, values + (size_t)h * D * E, slot_bytes, n,
-                                          acc[h - h0], ahead);
+            for (int j = 0; j < num_rows; j++)
+                if (rows_in(j, i) > 0)
+                    accumulate_values<BF16, G, D>(head_scores(j, h) + i * bs, max_ctx, values + (size_t)h * D * E,
+                                                  slot_bytes, rows_in(j, i), head_acc(j, h), ahead);
             ahead.rest();
         }
     }
-    char *out_row = a.out + (size_t)row * a.num_kv_heads * G * D * E;
-    for (int h = h0; h < h1; h++)
-        for (int g = 0; g < G; g++)
-            finish_values<BF16, D>(acc[h - h0][g], inv_sum[h - h0][g], out_row + (size_t)(h * G + g) * D * E);
+    for (int j = 0; j < num_rows; j++) {
+        char *out_row = a.out + (size_t)a.rows[r0 + j] * a.num_kv_heads * G * D * E;
+        for (int h = h0; h < h1; h++)
+            for (int g = 0; g < G; g++)
+                finish_values<BF16, D>(head_acc(j, h)[g], inv_sum[j][h - h0][g],
+                                       out_row + (size_t)(h * G + g) * D * E);
+    }
 }
 
-// Tasks are (row, run of KV heads): runs of up to 8 heads when there are rows enough to keep every thread
-// busy, one KV head each otherwise (a lone decode still spreads over the threads).
+// Tasks are (tile, run of KV heads): tiles of up to TILE_ROWS rows and runs of up to 8 heads when there is
+// work enough to keep every thread busy, else smaller ones (a short chunk or a lone decode still spreads
+// over the threads).
 template <bool BF16, int G, int D>
 static void attend_rows(const Args &a, int num_rows, int max_ctx, int num_threads) {
+    const int tile_rows = std::max(1, std::min(TILE_ROWS, num_rows / (4 * num_threads)));
+    std::vector<int> tiles;  // first row of each tile, then num_rows
+    for (int r = 0; r < num_rows; r++)
+        if (r == 0 || a.row_seq[r] != a.row_seq[r - 1] || r - tiles.back() == tile_rows) tiles.push_back(r);
+    const long num_tiles = (long)tiles.size();
+    tiles.push_back(num_rows);
     int heads_per_task = 1;
-    if (num_rows >= 4 * num_threads)
+    if (num_tiles >= 4 * num_threads)
         for (int n = 8; n > 1 && heads_per_task == 1; n--)
             if (a.num_kv_heads % n == 0) heads_per_task = n;
-    const int tasks_per_row = a.num_kv_heads / heads_per_task;
+    const int tasks_per_tile = a.num_kv_heads / heads_per_task;
+    const size_t tile_vectors = (size_t)tile_rows * heads_per_task * G;  // score rows and accumulators
 #pragma omp parallel num_threads(num_threads)
     {
-        float *scores = (float *)malloc(sizeof(float) * (size_t)heads_per_task * G * (max_ctx > 0 ? max_ctx : 1));
+        float *scores = (float *)malloc(sizeof(float) * tile_vectors * (max_ctx > 0 ? max_ctx : 1));
+        vfloat *acc = (vfloat *)aligned_alloc(sizeof(vfloat), sizeof(vfloat) * tile_vectors * (D / 16));
 #pragma omp for schedule(dynamic, 1)
-        for (long task = 0; task < (long)num_rows * tasks_per_row; task++) {
-            const int r = (int)(task / tasks_per_row), h0 = (int)(task % tasks_per_row) * heads_per_task;
-            attend_row<BF16, G, D>(a, r, h0, h0 + heads_per_task, scores);
+        for (long task = 0; task < num_tiles * tasks_per_tile; task++) {
+            const long t = task / tasks_per_tile;
+            const int h0 = (int)(task % tasks_per_tile) * heads_per_task;
+            attend_tile<BF16, G, D>(a, tiles[t], tiles[t + 1] - tiles[t], h0, h0 + heads_per_task, scores, acc);
         }
         free(scores);
+        free(acc);
     }
 }
 
