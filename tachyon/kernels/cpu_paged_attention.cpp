@@ -1,4 +1,4 @@
-// Paged attention for short query rows (decodes, speculative verification) on CPU.
+// Paged attention on CPU for every kind of query row: decodes, speculative verification, prefill chunks.
 //
 // Built at first use by tachyon/kernels/native.py (g++ -O3 -march=native -fopenmp) and called through
 // ctypes by tachyon/layers/attention/cpu_backend.py. Plain C ABI, no torch headers: it compiles in well
@@ -6,9 +6,9 @@
 // kernel and torch share one OpenMP thread pool.
 //
 // Why a kernel: the PyTorch path gathers every sequence's K and V out of the pool into padded tensors,
-// then reads them again in two matmuls. Here each task (a row and a run of its KV heads) reads its keys
-// and values once, in place through the block table, whole blocks front to back, with the GQA group's
-// query heads sharing every load:
+// then reads them again in two matmuls. Here each task (a tile of one sequence's consecutive rows and a
+// run of its KV heads) reads its keys and values once, in place through the block table, whole blocks
+// front to back, with the tile's rows and the GQA group's query heads sharing every load:
 //
 //     scores[g][k] = scale * q[g] . K[k]            k < ctx (the positions this row may see)
 //     out[g]       = sum_k softmax(scores[g])[k] * V[k]
