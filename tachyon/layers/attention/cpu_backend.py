@@ -3,12 +3,12 @@
 Decodes and speculative verifications are memory-bound: every step reads each sequence's whole KV
 history for a handful of query rows. The native kernel (tachyon/kernels/cpu_paged_attention.cpp) reads
 it once, in place through the block table, where the PyTorch path gathers it into padded tensors and
-reads it twice more. The kernel attends row by row, so a prefill chunk re-reads its keys for every
-row; that stays cheaper than SDPA's gather and padding up to a few thousand positions, and at any
-length in bf16 on CPUs with AVX512_BF16 (measured on one 8000-token prompt: bf16 on `vdpbf16ps` 20%
-faster than SDPA, float32 on par, bf16 widened to float32 on CPUs without AVX512_BF16 17% slower).
-So, except in that first case, chunks of more than `NATIVE_MAX_QUERY_LEN` tokens over more than
-`NATIVE_MAX_CONTEXT` positions take SDPA.
+reads it twice more. The kernel attends rows in tiles of up to 8 (each row still computed alone, in
+one fixed order), so a prefill chunk re-reads its keys once per tile; that stays cheaper than SDPA's
+gather and padding up to a few thousand positions, and at any length in bf16 on CPUs with AVX512_BF16
+(measured on one 8000-token prompt: bf16 on `vdpbf16ps` 20% faster than SDPA, float32 on par, bf16
+widened to float32 on CPUs without AVX512_BF16 17% slower). So, except in that first case, chunks of
+more than `NATIVE_MAX_QUERY_LEN` tokens over more than `NATIVE_MAX_CONTEXT` positions take SDPA.
 
 The same native call first writes the step's new keys and values into their cache slots (the
 PyTorch backends' `write_kv_cache`, without its two index_copy_ dispatches per layer).
