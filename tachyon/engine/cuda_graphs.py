@@ -101,8 +101,8 @@ class DecodeGraphs:
     def run(
         self, token_ids: list[int], positions: list[int], slots: list[int], seq_lens: list[int], tables: list[list[int]]
     ) -> torch.Tensor:
-        """One decode step of len(token_ids) sequences -> float32 logits [B, vocab] (a view of a static buffer,
-        valid until the next run)."""
+        """One decode step of len(token_ids) sequences -> logits [B, vocab] in the model's dtype (a view of a
+        static buffer, valid until the next run)."""
         num = len(token_ids)
         size = self.padded_size(num)
         assert size is not None, f"no graph for {num} sequences"

@@ -23,7 +23,7 @@ from tachyon.layers.attention.backend import create_attention_backend
 from tachyon.layers.attention.kv_quant import KV_CACHE_DTYPES, SCALE_DTYPE, kv_bytes_per_head
 from tachyon.layers.attention.layer import PagedAttention
 from tachyon.layers.attention.metadata import AttentionMetadata
-from tachyon.layers.linear import PREPACKED, Linear
+from tachyon.layers.linear import BATCH_INVARIANT, Linear
 from tachyon.models.registry import create_model
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class ModelRunner:
 
     def _make_batch_invariant(self) -> None:
         """--deterministic: every query row through the native kernel; refused where a GEMM's result could
-        depend on the batch size (anything but oneDNN's prepacked dense path)."""
+        depend on the batch size (anything but the packed dense CPU GEMMs)."""
         if self.device.type != "cpu":
             raise ValueError(
                 "--deterministic runs on CPU only so far: batch-invariant GEMMs on CUDA need their own kernels "
@@ -92,11 +92,11 @@ class ModelRunner:
                 f"--deterministic needs the native CPU attention kernel; {self.dtype} got {self.backend.name} "
                 "(see the warning above)"
             )
-        unpacked = sorted({m.method.kernel for m in self.model.modules() if isinstance(m, Linear)} - {PREPACKED})
+        unpacked = sorted({m.method.kernel for m in self.model.modules() if isinstance(m, Linear)} - BATCH_INVARIANT)
         if unpacked:
             raise ValueError(f"--deterministic needs dense float32/bfloat16 weights; this model runs {unpacked}")
         self.backend.batch_invariant = True
-        logger.info("Batch-invariant mode: every attention row through the native kernel, prepacked GEMMs")
+        logger.info("Batch-invariant mode: every attention row through the native kernel, packed GEMMs")
 
     # ---- KV pool -------------------------------------------------------------------------------
     @property
@@ -287,7 +287,7 @@ class ModelRunner:
         return self.model(ids, torch.tensor(positions, dtype=torch.long, device=dev), meta, num_layers)
 
     def compute_logits(self, hidden: torch.Tensor, rows: list[int] | slice) -> torch.Tensor:
-        """float32 logits [len(rows), V] of the given rows of `forward`'s hidden states."""
+        """Logits [len(rows), V], in the model's dtype, of the given rows of `forward`'s hidden states."""
         if self.workers:
             self.workers.call("compute_logits", rows)
         index = rows if isinstance(rows, slice) else torch.tensor(rows, device=self.device)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from tachyon.engine.outputs import Logprob, PositionLogprobs
+from tachyon.kernels import cpu_elementwise
 from tachyon.sampling_params import SamplingParams
 
 
@@ -98,17 +99,26 @@ class SamplerOutput:
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, meta: SamplingMetadata) -> SamplerOutput:
-        """`logits` [B, V] from the model; left untouched."""
-        logits = logits.to(torch.float32)
-        raw_logprobs = logits.log_softmax(-1) if meta.max_num_logprobs is not None else None  # [B, V]
+        """`logits` [B, V] from the model, in its dtype; left untouched. Everything but the argmax
+        computes in float32."""
+        wants_logprobs = meta.max_num_logprobs is not None
+        raw_logprobs = logits.float().log_softmax(-1) if wants_logprobs else None  # [B, V]
         if meta.is_plain_greedy:
-            tokens = logits.argmax(-1)  # [B]
+            tokens = greedy_ids(logits)  # [B]
         else:
-            tokens = _sample(logits.clone(), meta)
+            tokens = _sample(logits.to(torch.float32, copy=True), meta)
         logprobs: list[PositionLogprobs | None] = [None] * len(meta.num_logprobs)
         if raw_logprobs is not None:
             logprobs = _position_logprobs(raw_logprobs, tokens, meta.num_logprobs)
         return SamplerOutput(tokens.tolist(), logprobs)
+
+
+def greedy_ids(logits: torch.Tensor) -> torch.Tensor:
+    """[B, V] -> the first argmax of each row [B], in the logits' own dtype (widening to float32 would not
+    change it). On CPU a native kernel: torch's argmax there takes 20 times as long as its max."""
+    if cpu_elementwise.supports(logits):
+        return cpu_elementwise.argmax(logits)
+    return logits.argmax(-1)
 
 
 def token_logprobs(logits: torch.Tensor, target_ids: torch.Tensor, num_top: int) -> list[PositionLogprobs]:
@@ -125,10 +135,10 @@ def _sample(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
     if meta.penalties is not None:
         logits = apply_penalties(logits, meta.penalties)
     if meta.all_greedy:
-        return logits.argmax(-1)
-    greedy_ids = logits.argmax(-1) if meta.greedy is not None else None  # [B]
+        return greedy_ids(logits)
+    greedy = greedy_ids(logits) if meta.greedy is not None else None  # [B]
     random_ids = exponential_race(filtered_probs(logits, meta), meta.generators)  # [B]
-    return random_ids if greedy_ids is None else torch.where(meta.greedy, greedy_ids, random_ids)
+    return random_ids if greedy is None else torch.where(meta.greedy, greedy, random_ids)
 
 
 def filtered_probs(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:

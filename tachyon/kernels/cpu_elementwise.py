@@ -1,4 +1,5 @@
-"""The fused CPU elementwise layers of cpu_elementwise.cpp: RMSNorm (+ residual), rotary, SiLU-and-mul.
+"""The fused CPU elementwise layers of cpu_elementwise.cpp: RMSNorm (+ residual), rotary, SiLU-and-mul;
+and the greedy argmax over logit rows.
 
 The layers call `supports(x)` and take these for float32/bfloat16 CPU tensors when the library built,
 PyTorch otherwise (other devices and dtypes, or no compiler: native.py has said why).
@@ -23,9 +24,10 @@ def _library() -> ctypes.CDLL | None:
     if lib is not None:
         ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
         lib.tachyon_rms_norm.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i32, f32, i32, i32]
-        lib.tachyon_silu_and_mul.argtypes = [ptr, i64, ptr, i64, i32, i32, i32]
+        lib.tachyon_silu_and_mul.argtypes = [ptr, i64, ptr, i64, i32, ptr, i32, i32]
         lib.tachyon_rotary.argtypes = [ptr, i64, ptr, i32, ptr, i64, ptr, i32, ptr, ptr, ptr, i64, i32, i32, i32]
-        for fn in (lib.tachyon_rms_norm, lib.tachyon_silu_and_mul, lib.tachyon_rotary):
+        lib.tachyon_argmax.argtypes = [ptr, i64, ptr, i64, i64, i32, i32]
+        for fn in (lib.tachyon_rms_norm, lib.tachyon_silu_and_mul, lib.tachyon_rotary, lib.tachyon_argmax):
             fn.restype = None
     return lib
 
@@ -52,13 +54,21 @@ def rms_norm(
     return out if residual is None else (out, summed)
 
 
+@functools.cache
+def _silu_table() -> torch.Tensor:
+    """PyTorch's silu of every bf16 value, indexed by its bits: the bf16 kernel looks silu up here."""
+    every_bf16 = torch.arange(1 << 16, dtype=torch.int32).to(torch.uint16).view(torch.bfloat16)
+    return torch.nn.functional.silu(every_bf16)
+
+
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """[..., 2 * n] -> silu(first half) * second half, [..., n]"""
     rows = as_rows(gate_up)
     size = rows.shape[1] // 2
     out = torch.empty(*gate_up.shape[:-1], size, dtype=gate_up.dtype)
+    table = _silu_table().data_ptr() if gate_up.dtype == torch.bfloat16 else None
     _library().tachyon_silu_and_mul(
-        rows.data_ptr(), rows.stride(0), out.data_ptr(), rows.shape[0], size, DTYPE_FLAGS[gate_up.dtype],
+        rows.data_ptr(), rows.stride(0), out.data_ptr(), rows.shape[0], size, table, DTYPE_FLAGS[gate_up.dtype],
         torch.get_num_threads(),
     )  # fmt: skip
     return out
@@ -80,3 +90,15 @@ def rotary(
         DTYPE_FLAGS[q.dtype], torch.get_num_threads(),
     )  # fmt: skip
     return q_out, k_out
+
+
+def argmax(x: torch.Tensor) -> torch.Tensor:
+    """[rows, n] -> int64 [rows]: the first maximum of each row (a NaN counts as the maximum), as
+    torch.argmax(-1) returns it."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    _library().tachyon_argmax(
+        x.data_ptr(), x.stride(0), out.data_ptr(), x.shape[0], x.shape[1], DTYPE_FLAGS[x.dtype], torch.get_num_threads()
+    )
+    return out

@@ -10,27 +10,49 @@ along the split dim unless it has one value there (a per-tensor or per-row scale
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tachyon.distributed.parallel_state import all_reduce, shard_range, tp_rank, tp_size
+from tachyon.kernels import cpu_gemm
+
+NATIVE_BF16 = "dense (native bf16 GEMM)"  # kernels/cpu_gemm, on CPUs with AVX512_BF16
+PREPACKED = "dense (oneDNN prepacked)"
+BATCH_INVARIANT = frozenset({NATIVE_BF16, PREPACKED})  # kernels whose rows come out the same in any batch
+_DECODE_BATCH_HINT = 64  # the batch size oneDNN picks the layout for; any batch size runs on it
 
 
-def onednn_pack(weight: torch.Tensor) -> torch.Tensor | None:
-    """A CPU float32/bfloat16 weight [out, in] in oneDNN's blocked layout, or None where that does not apply.
+@dataclass(frozen=True)
+class PackedDense:
+    """A dense CPU weight reordered once at load for the GEMM that runs it, which then replaces it."""
 
-    Reordered once at load instead of inside every call (F.linear reorders a bf16 weight each time and runs
-    fp32 through MKL): decode-sized GEMMs get 10-45% faster on AVX-512, the LM head the most."""
+    kernel: str
+    weight: object  # what `matmul` takes: the native kernel's panels, or oneDNN's blocked tensor
+    matmul: Callable[[torch.Tensor, object, torch.Tensor | None], torch.Tensor]
+
+    def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.matmul(x, self.weight, bias)
+
+
+def pack_dense(weight: torch.Tensor) -> PackedDense | None:
+    """A CPU float32/bfloat16 weight [out, in] packed for its GEMM, or None where neither applies.
+
+    bf16 on AVX512_BF16 runs the native kernel (kernels/cpu_gemm.cpp: at decode sizes 10-30% ahead of
+    oneDNN, whose GEMMs stall on weights streaming from DRAM). Else oneDNN's layout, reordered once instead
+    of inside every call (F.linear reorders a bf16 weight each time and runs fp32 through MKL): decode-sized
+    GEMMs 10-45% faster on AVX-512, the LM head the most."""
     if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         return None
+    if weight.dtype == torch.bfloat16 and cpu_gemm.supported():
+        return PackedDense(NATIVE_BF16, cpu_gemm.pack(weight), cpu_gemm.linear)
     if not torch.backends.mkldnn.is_available():
         return None
-    return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _DECODE_BATCH_HINT)
-
-
-_DECODE_BATCH_HINT = 64  # the batch size oneDNN picks the layout for; any batch size runs on it
-PREPACKED = "dense (oneDNN prepacked)"  # the kernel name of a dense method whose weight `onednn_pack` took
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _DECODE_BATCH_HINT)
+    return PackedDense(PREPACKED, packed, onednn_linear)
 
 
 def onednn_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -47,7 +69,7 @@ class LinearMethod:
     methods (tachyon.layers.quantized_linear) store what a compressed checkpoint holds."""
 
     kernel = "dense"  # what runs the matmul, for the start-up log
-    packed: torch.Tensor | None = None  # the dense weight in oneDNN's layout (CPU), which then replaces it
+    packed: PackedDense | None = None  # on CPU: the weight packed for its GEMM, which then replaces it
 
     def create_weights(self, layer: Linear, dtype: torch.dtype) -> None:
         layer.weight = frozen(torch.empty(layer.output_size, layer.input_size, dtype=dtype))
@@ -59,15 +81,15 @@ class LinearMethod:
         copy_rows(layer, getattr(layer, param_name), param_name, layer.rank_part(loaded), shard_id)
 
     def process_weights_after_loading(self, layer: Linear) -> None:
-        """Once every shard is in: repack for the kernel (on CPU, oneDNN's layout; the plain copy is dropped)."""
-        self.packed = onednn_pack(layer.weight)
+        """Once every shard is in: repack for the kernel (on CPU, `pack_dense`; the plain copy is dropped)."""
+        self.packed = pack_dense(layer.weight)
         if self.packed is not None:
             layer.weight = None
-            self.kernel = PREPACKED
+            self.kernel = self.packed.kernel
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            return onednn_linear(x, self.packed, layer.bias)
+            return self.packed(x, layer.bias)
         return F.linear(x, layer.weight, layer.bias)
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tachyon.distributed.parallel_state import all_gather_last_dim, all_reduce, tp_rank, tp_size
-from tachyon.layers.linear import frozen, onednn_linear, onednn_pack
+from tachyon.layers.linear import PackedDense, frozen, pack_dense
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -23,7 +23,7 @@ class VocabParallelEmbedding(nn.Module):
         self.start = min(tp_rank() * rows, vocab_size)
         self.end = min(self.start + rows, vocab_size)
         self.weight = frozen(torch.zeros(rows, hidden_size, dtype=dtype))
-        self.packed_head: torch.Tensor | None = None  # the weight in oneDNN's layout, for logits on CPU
+        self.packed_head: PackedDense | None = None  # the weight packed for the logits GEMM on CPU
 
     def load_weight(self, loaded: torch.Tensor) -> None:
         """Take this rank's rows of the whole [vocab, hidden] checkpoint tensor."""
@@ -34,9 +34,9 @@ class VocabParallelEmbedding(nn.Module):
         self.weight[: self.end - self.start].copy_(loaded[self.start : self.end])
 
     def pack_head(self, embeds_too: bool) -> None:
-        """Before serving logits on CPU: keep the matrix in oneDNN's layout, the largest GEMM of a decode step.
-        A head that does not also embed (untied) drops its plain copy."""
-        self.packed_head = onednn_pack(self.weight)
+        """Before serving logits on CPU: pack the matrix for its GEMM, the largest of a decode step. A head
+        that does not also embed (untied) drops its plain copy."""
+        self.packed_head = pack_dense(self.weight)
         if self.packed_head is not None and not embeds_too:
             self.weight = None
 
@@ -50,9 +50,10 @@ class VocabParallelEmbedding(nn.Module):
         return all_reduce(x.masked_fill_(elsewhere.unsqueeze(-1), 0))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] -> float32 logits [N, vocab]"""
+        """hidden [N, hidden] -> logits [N, vocab] in the weights' dtype, as HF's lm_head computes them before
+        its `.float()`. The sampler widens them where it computes; a greedy argmax needs no copy."""
         if self.packed_head is not None:
-            local = onednn_linear(hidden, self.packed_head, None).float()
+            local = self.packed_head(hidden, None)
         else:
-            local = F.linear(hidden, self.weight).float()
+            local = F.linear(hidden, self.weight)
         return all_gather_last_dim(local)[:, : self.vocab_size]

@@ -162,7 +162,7 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, meta, num_layers)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] -> float32 logits [N, vocab]"""
+        """hidden [N, hidden] -> logits [N, vocab] in the model's dtype"""
         return (self.model.embed_tokens if self.tie_word_embeddings else self.lm_head).logits(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -1,6 +1,7 @@
 """The fused elementwise layers (RMSNorm + residual, rotary, SiLU-and-mul) against HF transformers' own
 Llama modules, in float32 and bfloat16, on ragged sizes, strided inputs and the threaded path: the native
-CPU kernels, and the Triton ones (on CPU tensors under TRITON_INTERPRET=1 without a GPU)."""
+CPU kernels, and the Triton ones (on CPU tensors under TRITON_INTERPRET=1 without a GPU). Also the native
+greedy argmax against torch.argmax."""
 
 import os
 
@@ -103,7 +104,27 @@ def test_silu_and_mul_matches_hf(impl, rows, size, dtype):
     gate_up[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -0.0])  # the far tails of the sigmoid, and zero
     gate_up = gate_up.to(device)
     expected = ACT2FN["silu"](gate_up[:, :size]) * gate_up[:, size:]
-    assert_within_last_bits(kernels.silu_and_mul(gate_up), expected)
+    if kernels is cpu_elementwise and dtype == torch.bfloat16:  # a table of PyTorch's own silu
+        torch.testing.assert_close(kernels.silu_and_mul(gate_up), expected, atol=0, rtol=0)
+    else:
+        assert_within_last_bits(kernels.silu_and_mul(gate_up), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n", [(1, 49152), (64, 49152), (5, 37), (3, 7)])  # ragged tails, n < 16
+def test_native_argmax_picks_what_torch_argmax_picks(rows, n, dtype):
+    """The first maximum, ties included (common in bf16), NaN counting as the maximum, -inf rows -> 0;
+    on a strided view (logits rows of a wider buffer)."""
+    gen = torch.Generator().manual_seed(rows * n)
+    wide = (torch.randn(rows, n + 5, generator=gen) * 3).round().to(dtype)  # rounding makes many ties
+    x = wide[:, 2 : 2 + n]
+    if rows >= 5:
+        x[1] = float("-inf")
+        x[2, n // 2] = float("nan")
+        x[2, n - 1] = float("nan")
+        x[3, -1] = 1e30  # the maximum in the tail
+        x[4, :] = 7.0  # all equal
+    torch.testing.assert_close(cpu_elementwise.argmax(x), x.argmax(-1), atol=0, rtol=0)
 
 
 def test_float32_layers_stay_bit_identical_to_hf_and_the_log_says_so():

@@ -19,7 +19,7 @@ import torch
 from tachyon.config import EngineConfig
 from tachyon.engine.model_runner import ModelRunner
 from tachyon.engine.request import Request
-from tachyon.engine.sampler import SamplingMetadata, exponential_race, filtered_probs
+from tachyon.engine.sampler import SamplingMetadata, exponential_race, filtered_probs, greedy_ids
 from tachyon.engine.spec_decode.proposer import Draft, Proposer
 from tachyon.models.loader import load_model_source
 
@@ -103,7 +103,7 @@ class DraftModelProposer(Proposer):
     def _sample(self, reqs: list[Request], logits: torch.Tensor, tokens: list[list[int]], probs: list[list]) -> None:
         """Greedy requests draft the argmax; random ones sample the draft's filtered distribution q with
         their own generator and keep q for the rejection test."""
-        greedy = logits.argmax(-1).tolist()
+        greedy = greedy_ids(logits).tolist()
         if all(r.params.is_greedy for r in reqs):
             for out, token in zip(tokens, greedy, strict=True):
                 out.append(token)
@@ -111,7 +111,7 @@ class DraftModelProposer(Proposer):
         params, gens = [r.params for r in reqs], [r.generator for r in reqs]
         empty = [[]] * len(reqs)
         meta = SamplingMetadata.build(params, gens, empty, empty, [set()] * len(reqs), logits.shape[-1], logits.device)
-        q = filtered_probs(logits.clone(), meta)  # [B, V]
+        q = filtered_probs(logits.to(torch.float32, copy=True), meta)  # [B, V]
         sampled = exponential_race(q, meta.generators).tolist()
         for i, r in enumerate(reqs):
             if r.params.is_greedy:

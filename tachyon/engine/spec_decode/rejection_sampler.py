@@ -20,7 +20,7 @@ import torch
 
 from tachyon.engine.outputs import PositionLogprobs
 from tachyon.engine.request import Request
-from tachyon.engine.sampler import SamplingMetadata, exponential_race, filtered_probs, token_logprobs
+from tachyon.engine.sampler import SamplingMetadata, exponential_race, filtered_probs, greedy_ids, token_logprobs
 
 
 @dataclass
@@ -35,21 +35,20 @@ def verify_drafts(
 ) -> list[Verified]:
     """`logits` [sum(k_i + 1), V]: each request's k_i + 1 rows, in order. Drafts' distributions are
     read from `req.spec_draft_probs` ([k_i, V] or None)."""
-    logits = logits.float()
     params = [r.params for r, d in zip(reqs, drafts, strict=True) for _ in range(len(d) + 1)]
     gens = [r.generator for r, d in zip(reqs, drafts, strict=True) for _ in range(len(d) + 1)]
     no_history = [[]] * len(params)  # speculating requests have no penalties and are past min_tokens
     meta = SamplingMetadata.build(
         params, gens, no_history, no_history, [set()] * len(params), vocab_size, logits.device
     )
-    greedy_ids = logits.argmax(-1).tolist()
-    probs = None if meta.all_greedy else filtered_probs(logits.clone(), meta)  # [R, V]
+    greedy = greedy_ids(logits).tolist()
+    probs = None if meta.all_greedy else filtered_probs(logits.to(torch.float32, copy=True), meta)  # [R, V]
     out: list[Verified] = []
     row = 0
     for req, draft in zip(reqs, drafts, strict=True):
         k = len(draft)
         if req.params.is_greedy:
-            target = greedy_ids[row : row + k + 1]
+            target = greedy[row : row + k + 1]
             n = next((i for i in range(k) if draft[i] != target[i]), k)
             tokens = [*draft[:n], target[n]]
         else:
