@@ -155,7 +155,8 @@ class EngineConfig:
         return torch.device(self.device)
 
     def resolve_dtype(self, hf_config, device: torch.device) -> torch.dtype:
-        """auto: float32 on CPU (exact and fastest there); on GPU the checkpoint's 16-bit type, else bf16."""
+        """auto: float32 on CPU (greedy outputs equal HF's token for token; bf16 runs about twice as fast
+        on CPUs with AVX512_BF16); on GPU the checkpoint's 16-bit type, else bf16."""
         if self.dtype != "auto":
             return parse_dtype(self.dtype)
         if device.type == "cpu":
