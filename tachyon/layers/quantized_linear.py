@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from tachyon.distributed.parallel_state import all_reduce
-from tachyon.layers.linear import Linear, LinearMethod, copy_rows, frozen
+from tachyon.layers.linear import Linear, LinearMethod, copy_rows, frozen, pack_dense
 from tachyon.quantization.compressed_tensors import CheckpointQuantization, LinearQuantization
 from tachyon.quantization.quantize import FP8_DTYPE, FP8_MAX, dequantize, unpack_int32
 from tachyon.quantization.schemes import QuantArgs
@@ -164,7 +164,8 @@ class WeightOnlyIntMethod(LinearMethod):
     """pack-quantized integer weights (per group or channel, zero points for asymmetric ones); activations
     stay in the model dtype. On CUDA the weights stay packed and a Triton kernel dequantizes them in
     registers inside the GEMM (a 4-bit decode reads a quarter of bf16's bytes); elsewhere, or for weights
-    the kernel does not cover, they are dequantized once at load for the dense matmul."""
+    the kernel does not cover, they are dequantized once at load for the dense matmul (on CPU packed for
+    it as a dense layer's weight is)."""
 
     kernel = "weights dequantized at load, dense matmul"
 
@@ -210,6 +211,10 @@ class WeightOnlyIntMethod(LinearMethod):
             self._keep_packed(layer)
             return
         self._dequantize(layer)
+        self.packed = pack_dense(layer.weight)  # on CPU: packed for the dense GEMM, as a dense layer's
+        if self.packed is not None:
+            layer.weight = None
+            self.kernel = f"weights dequantized at load, {self.packed.kernel}"
         if reason is not None:  # a CUDA layer the kernel misses: the start-up log says why
             self.kernel = f"{WeightOnlyIntMethod.kernel} ({reason})"
 
@@ -249,7 +254,7 @@ class WeightOnlyIntMethod(LinearMethod):
 
     def apply(self, layer: Linear, x: torch.Tensor) -> torch.Tensor:
         if not self.fused:
-            return F.linear(x, layer.weight, layer.bias)
+            return super().apply(layer, x)  # the dense path
         rows = x.reshape(-1, x.shape[-1])
         zero_point = getattr(layer, "weight_zero_point", None)
         y = self.gemm(rows, layer.weight_packed, layer.weight_scale, zero_point, self.args.num_bits, self.group_size)

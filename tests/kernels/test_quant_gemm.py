@@ -122,7 +122,7 @@ def test_fused_method_equals_dequantize_at_load(name, group_size, dtype):
     scheme = create_scheme(name, group_size=group_size)
     fused, dense = _layer(scheme, True, dtype), _layer(scheme, False, dtype)
     assert fused.method.kernel.startswith(f"Triton W{scheme.weights.num_bits}A16")
-    assert dense.method.kernel == "weights dequantized at load, dense matmul"
+    assert dense.method.kernel.startswith("weights dequantized at load, dense")
     assert fused.weight_packed.shape == (128 * scheme.weights.num_bits // 32, 160) and not hasattr(fused, "weight")
     x = torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(3)).to(dtype).to(DEVICE)
     with torch.no_grad():
