@@ -1,11 +1,11 @@
-"""The native bf16 GEMM (tachyon/kernels/cpu_gemm.cpp) against oneDNN's prepacked GEMM, in one process.
+"""The native GEMM (tachyon/kernels/cpu_gemm.cpp) against oneDNN's prepacked GEMM, in one process.
 
 Shapes are a decoder layer's (default: SmolLM2-135M's q/k/v, o, gate/up, down) and its LM head, at a
 decode batch and a prefill chunk. "hot": the same weight every call (it stays in cache); "cold": the
 layers' weights cycled, as a decode step reads them (from DRAM once they outgrow L3). Prints time per
 call, GFLOP/s and the speedup over oneDNN.
 
-    python benchmarks/cpu_gemm.py [--rows 64 2048] [--hidden 576] [--intermediate 1536] [--vocab 49152]
+    python benchmarks/cpu_gemm.py [--dtype bfloat16] [--rows 64 2048] [--hidden 576] [--vocab 49152]
 """
 
 from __future__ import annotations
@@ -38,13 +38,15 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=49152, help="LM head rows (0: skip)")
     parser.add_argument("--layers", type=int, default=30, help="weights cycled in the cold runs")
     parser.add_argument("--repeats", type=int, default=5, help="rounds per measurement (the best is kept)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="weights and inputs")
     args = parser.parse_args()
 
     from tachyon.kernels import cpu_gemm
     from tachyon.layers.linear import onednn_linear
 
-    if not cpu_gemm.supported():
-        raise SystemExit("the native bf16 GEMM does not run here (no AVX512_BF16, or no compiler)")
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+    if not cpu_gemm.supports(dtype):
+        raise SystemExit(f"the native {args.dtype} GEMM does not run here (no AVX-512 / AVX512_BF16, or no compiler)")
     head_dim = args.hidden // args.heads
     shapes = {
         "qkv": ((args.heads + 2 * args.kv_heads) * head_dim, args.hidden),
@@ -59,11 +61,11 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     for name, (out_features, in_features) in shapes.items():
         num = 1 if name == "lm_head" else args.layers  # one LM head: it is cold by size alone
-        weights = [(torch.randn(out_features, in_features, generator=gen) * 0.05).bfloat16() for _ in range(num)]
+        weights = [(torch.randn(out_features, in_features, generator=gen) * 0.05).to(dtype) for _ in range(num)]
         native = [cpu_gemm.pack(w) for w in weights]
         onednn = [torch.ops.mkldnn._reorder_linear_weight(w, 64) for w in weights]
         for rows in args.rows:
-            x = torch.randn(rows, in_features, generator=gen).bfloat16()
+            x = torch.randn(rows, in_features, generator=gen).to(dtype)
             flops = 2 * rows * out_features * in_features
             calls = max(1, min(num, int(2e10 // flops)))
             for mode in ("hot", "cold") if num > 1 else ("cold",):

@@ -20,9 +20,9 @@ from torch import nn
 from tachyon.distributed.parallel_state import all_reduce, shard_range, tp_rank, tp_size
 from tachyon.kernels import cpu_gemm
 
-NATIVE_BF16 = "dense (native bf16 GEMM)"  # kernels/cpu_gemm, on CPUs with AVX512_BF16
+NATIVE = "dense (native AVX-512 GEMM)"  # kernels/cpu_gemm: float32, and bf16 on CPUs with AVX512_BF16
 PREPACKED = "dense (oneDNN prepacked)"
-BATCH_INVARIANT = frozenset({NATIVE_BF16, PREPACKED})  # kernels whose rows come out the same in any batch
+BATCH_INVARIANT = frozenset({NATIVE, PREPACKED})  # kernels whose rows come out the same in any batch
 _DECODE_BATCH_HINT = 64  # the batch size oneDNN picks the layout for; any batch size runs on it
 
 
@@ -41,14 +41,14 @@ class PackedDense:
 def pack_dense(weight: torch.Tensor) -> PackedDense | None:
     """A CPU float32/bfloat16 weight [out, in] packed for its GEMM, or None where neither applies.
 
-    bf16 on AVX512_BF16 runs the native kernel (kernels/cpu_gemm.cpp: at decode sizes 10-30% ahead of
-    oneDNN, whose GEMMs stall on weights streaming from DRAM). Else oneDNN's layout, reordered once instead
-    of inside every call (F.linear reorders a bf16 weight each time and runs fp32 through MKL): decode-sized
-    GEMMs 10-45% faster on AVX-512, the LM head the most."""
+    AVX-512 CPUs run the native kernel (kernels/cpu_gemm.cpp; bf16 needs AVX512_BF16): at decode sizes
+    it is ahead of oneDNN, whose GEMMs stall on weights streaming from DRAM. Elsewhere oneDNN's layout,
+    reordered once instead of inside every call (F.linear reorders a bf16 weight each time and runs fp32
+    through MKL): decode-sized GEMMs 10-45% faster, the LM head the most."""
     if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
         return None
-    if weight.dtype == torch.bfloat16 and cpu_gemm.supported():
-        return PackedDense(NATIVE_BF16, cpu_gemm.pack(weight), cpu_gemm.linear)
+    if cpu_gemm.supports(weight.dtype):
+        return PackedDense(NATIVE, cpu_gemm.pack(weight), cpu_gemm.linear)
     if not torch.backends.mkldnn.is_available():
         return None
     packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _DECODE_BATCH_HINT)

@@ -1,13 +1,16 @@
-"""The native bf16 GEMM (kernels/cpu_gemm.cpp) against a float64 matmul of the same bf16 inputs: ragged
-output and input sizes (panel, vector and pair tails), every row-tail count, bias, strided inputs; and
-each row's result bit-identical in any batch and on any number of threads."""
+"""The native GEMM (kernels/cpu_gemm.cpp), bf16 and float32, against a float64 matmul of the same inputs:
+ragged output and input sizes (panel, vector and bf16 pair tails), every row-tail count, bias, strided
+inputs; and each row's result bit-identical in any batch and on any number of threads."""
 
 import pytest
 import torch
 
 from tachyon.kernels import cpu_gemm
 
-pytestmark = pytest.mark.skipif(not cpu_gemm.supported(), reason="the CPU has no AVX512_BF16")
+DTYPES = [
+    pytest.param(dtype, marks=pytest.mark.skipif(not cpu_gemm.supports(dtype), reason=f"no native {dtype} GEMM here"))
+    for dtype in (torch.bfloat16, torch.float32)
+]
 
 
 def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -16,36 +19,38 @@ def reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
 
 
 def assert_rounded_from(actual: torch.Tensor, exact: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
-    """Within half a bf16 ulp of the float64 result (the output rounding) plus what float32 sums can lose,
+    """Within half an ulp of the float64 result (the output rounding) plus what float32 sums can lose,
     K roundings of at most |x| . |w| * 2^-24 each."""
     sum_error = (x.double().abs() @ weight.double().abs().T) * x.shape[-1] * 2**-24
-    bound = exact.abs() * 2**-8 + sum_error + 1e-30
+    bound = exact.abs() * torch.finfo(actual.dtype).eps / 2 + sum_error + 1e-30
     excess = (actual.double() - exact).abs() - bound
     assert excess.max().item() <= 0, f"off by {excess.max().item():.3g} beyond the bound"
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize(
     "rows,out_features,in_features",
     [(1, 576, 576), (64, 960, 576), (300, 3072, 576), (17, 576, 1536), (13, 100, 33), (9, 7, 2), (3, 48, 1)],
 )
-def test_gemm_matches_float64(rows, out_features, in_features, bias):
+def test_gemm_matches_float64(rows, out_features, in_features, bias, dtype):
     gen = torch.Generator().manual_seed(rows * out_features + in_features)
-    weight = torch.randn(out_features, in_features, generator=gen).bfloat16()
-    b = torch.randn(out_features, generator=gen).bfloat16() if bias else None
-    wide = torch.randn(rows, in_features + 5, generator=gen).bfloat16()
+    weight = torch.randn(out_features, in_features, generator=gen).to(dtype)
+    b = torch.randn(out_features, generator=gen).to(dtype) if bias else None
+    wide = torch.randn(rows, in_features + 5, generator=gen).to(dtype)
     x = wide[:, 3 : 3 + in_features]  # rows of a wider buffer, as a split would give
     packed = cpu_gemm.pack(weight)
     y = cpu_gemm.linear(x, packed, b)
-    assert y.shape == (rows, out_features) and y.dtype == torch.bfloat16
+    assert y.shape == (rows, out_features) and y.dtype == dtype
     assert_rounded_from(y, reference(x, weight, b), x, weight)
 
 
-def test_every_row_tail_and_the_batch_leave_a_row_bit_identical():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_row_tail_and_the_batch_leave_a_row_bit_identical(dtype):
     """Rows 0..MR-1 past the last full tile, rows alone, and one or two threads: the same bits."""
     gen = torch.Generator().manual_seed(0)
-    weight = torch.randn(200, 130, generator=gen).bfloat16()
-    x = torch.randn(40, 130, generator=gen).bfloat16()
+    weight = torch.randn(200, 130, generator=gen).to(dtype)
+    x = torch.randn(40, 130, generator=gen).to(dtype)
     packed = cpu_gemm.pack(weight)
     full = cpu_gemm.linear(x, packed, None)
     for rows in range(1, 17):
@@ -59,6 +64,7 @@ def test_every_row_tail_and_the_batch_leave_a_row_bit_identical():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.skipif(not cpu_gemm.supports(torch.bfloat16), reason="no native bf16 GEMM here")
 def test_batched_inputs_and_a_wrong_width():
     gen = torch.Generator().manual_seed(1)
     weight = torch.randn(64, 32, generator=gen).bfloat16()
@@ -66,5 +72,7 @@ def test_batched_inputs_and_a_wrong_width():
     x = torch.randn(2, 3, 32, generator=gen).bfloat16()
     assert torch.equal(cpu_gemm.linear(x, packed, None), cpu_gemm.linear(x.reshape(6, 32), packed, None).view(2, 3, 64))
     assert cpu_gemm.linear(x[:0], packed, None).shape == (0, 3, 64)
-    with pytest.raises(ValueError, match="33 features, the layer takes 32"):
+    with pytest.raises(ValueError, match="33 features; the layer takes torch.bfloat16 with 32"):
         cpu_gemm.linear(torch.zeros(1, 33, dtype=torch.bfloat16), packed, None)
+    with pytest.raises(ValueError, match="input torch.float32 with 32 features"):
+        cpu_gemm.linear(torch.zeros(1, 32), packed, None)

@@ -1,6 +1,6 @@
-"""The dense Linear on CPU: its weight is packed once at load for its GEMM (the native bf16 kernel on
-AVX512_BF16, oneDNN otherwise), and the result of every batch size equals the plain matmul of the fused
-shards (bit for bit where the same oneDNN kernel runs both)."""
+"""The dense Linear on CPU: its weight is packed once at load for its GEMM (the native kernel on AVX-512,
+oneDNN otherwise), and the result of every batch size equals the plain matmul of the fused shards (bit for
+bit where the same oneDNN kernel runs both)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from tachyon.kernels import cpu_gemm
-from tachyon.layers.linear import NATIVE_BF16, PREPACKED, Linear, finish_loading
+from tachyon.layers.linear import NATIVE, PREPACKED, Linear, finish_loading
 from tachyon.layers.vocab_embedding import VocabParallelEmbedding
 
 
@@ -24,8 +24,8 @@ def test_packed_dense_linear_equals_the_plain_matmul(dtype):
         layer.load_shard("weight", weights[s], s)
         layer.load_shard("bias", bias[s], s)
     finish_loading(layer)
-    native = dtype == torch.bfloat16 and cpu_gemm.supported()
-    assert layer.method.kernel == (NATIVE_BF16 if native else PREPACKED) and layer.weight is None  # no second copy
+    native = cpu_gemm.supports(dtype)
+    assert layer.method.kernel == (NATIVE if native else PREPACKED) and layer.weight is None  # no second copy
     w, b = torch.cat(list(weights.values())), torch.cat(list(bias.values()))
     for rows in (1, 7, 64, 300):
         x = torch.randn(rows, 128, generator=gen).to(dtype)
@@ -33,7 +33,7 @@ def test_packed_dense_linear_equals_the_plain_matmul(dtype):
             assert torch.equal(layer(x), F.linear(x, w, b))
         elif dtype == torch.bfloat16:  # float32 sums in another order, then one bf16 rounding: within an ulp
             torch.testing.assert_close(layer(x), F.linear(x, w, b), atol=0, rtol=2**-7)
-        else:  # oneDNN instead of MKL: another summation order
+        else:  # the native kernel or oneDNN instead of MKL: another summation order
             torch.testing.assert_close(layer(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
 
 
