@@ -38,15 +38,15 @@ _SOURCE = "cpu_paged_attention.cpp"
 def _library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     lib = load_native_library(_SOURCE, extra_flags)
     if lib is not None and not getattr(lib, "_tachyon_typed", False):
-        i32p, i32, f32 = ctypes.POINTER(ctypes.c_int32), ctypes.c_int, ctypes.c_float
+        i32, f32 = ctypes.c_int, ctypes.c_float
         lib.tachyon_supports.argtypes = [i32, i32]
         lib.tachyon_supports.restype = i32
         lib.tachyon_fast_bf16.argtypes = []
         lib.tachyon_fast_bf16.restype = i32
         fn = lib.tachyon_paged_attention
-        ptr, long = ctypes.c_void_p, ctypes.c_long
-        fn.argtypes = [ptr, long, ptr, long, ptr, long, ctypes.POINTER(ctypes.c_int64), i32, ptr, long, ptr]
-        fn.argtypes += [i32p, i32, i32p, i32p, i32p, i32, i32, i32, i32, i32, i32, f32, i32, i32]
+        ptr, long = ctypes.c_void_p, ctypes.c_long  # int32/int64 arrays go as plain addresses
+        fn.argtypes = [ptr, long, ptr, long, ptr, long, ptr, i32, ptr, long, ptr]
+        fn.argtypes += [ptr, i32, ptr, ptr, ptr, i32, i32, i32, i32, i32, i32, f32, i32, i32]
         fn.restype = i32
         lib._tachyon_typed = True
     return lib
@@ -88,10 +88,6 @@ def _build_plan(meta: AttentionMetadata, device: torch.device, all_rows_native: 
     return _Plan(as_tensor(rows), as_tensor(row_seq), as_tensor(row_ctx), max(row_ctx, default=0), groups)
 
 
-def _ptr(t: torch.Tensor):
-    return ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_int32))
-
-
 @register_backend("cpu")
 class CpuAttentionBackend(AttentionBackend):
     """`batch_invariant` sends every row to the kernel, long chunks too: a row's result then never depends
@@ -122,9 +118,9 @@ class CpuAttentionBackend(AttentionBackend):
         tables, slots = meta.block_tables, meta.slot_mapping
         failed = self.lib.tachyon_paged_attention(
             query.data_ptr(), query.stride(0), key.data_ptr(), key.stride(0), value.data_ptr(), value.stride(0),
-            ctypes.cast(slots.data_ptr(), ctypes.POINTER(ctypes.c_int64)), slots.numel(),
-            kv_cache.data_ptr(), num_blocks * block_size, out.data_ptr(), _ptr(tables), tables.shape[1],
-            _ptr(plan.rows), _ptr(plan.row_seq), _ptr(plan.row_ctx), plan.rows.numel(), plan.max_ctx,
+            slots.data_ptr(), slots.numel(), kv_cache.data_ptr(), num_blocks * block_size, out.data_ptr(),
+            tables.data_ptr(), tables.shape[1], plan.rows.data_ptr(), plan.row_seq.data_ptr(),
+            plan.row_ctx.data_ptr(), plan.rows.numel(), plan.max_ctx,
             query.shape[1], num_kv_heads, head_dim, block_size, scale, DTYPE_FLAGS[query.dtype],
             torch.get_num_threads(),
         )  # fmt: skip
