@@ -114,8 +114,8 @@ template <bool BF16>
 static void gemm(const char *x, long ldx, const char *packed, const char *bias, char *y, long ldy, long M, long N,
                  long K, int num_threads) {
     constexpr long E = BF16 ? 2 : 4;
-    const long panels = (N + PANEL - 1) / PANEL, panel_bytes = (K + k_step(BF16) - 1) / k_step(BF16) *
-                                                               k_step(BF16) * PANEL * E;
+    const long step = k_step(BF16), groups = (K + step - 1) / step;
+    const long panels = (N + PANEL - 1) / PANEL, panel_bytes = groups * step * PANEL * E;
     const long splits_wanted = (4L * num_threads + panels - 1) / panels;
     const long row_tiles = (M + MR - 1) / MR;
     const long splits = splits_wanted < row_tiles ? splits_wanted : row_tiles;
