@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from tachyon.distributed.parallel_state import all_reduce
-from tachyon.layers.linear import Linear, LinearMethod, copy_rows, frozen, pack_dense
+from tachyon.layers.linear import Linear, LinearMethod, copy_rows, frozen
 from tachyon.quantization.compressed_tensors import CheckpointQuantization, LinearQuantization
 from tachyon.quantization.quantize import FP8_DTYPE, FP8_MAX, dequantize, unpack_int32
 from tachyon.quantization.schemes import QuantArgs
@@ -211,9 +211,8 @@ class WeightOnlyIntMethod(LinearMethod):
             self._keep_packed(layer)
             return
         self._dequantize(layer)
-        self.packed = pack_dense(layer.weight)  # on CPU: packed for the dense GEMM, as a dense layer's
+        super().process_weights_after_loading(layer)  # the dense layer's packing (on CPU)
         if self.packed is not None:
-            layer.weight = None
             self.kernel = f"weights dequantized at load, {self.packed.kernel}"
         if reason is not None:  # a CUDA layer the kernel misses: the start-up log says why
             self.kernel = f"{WeightOnlyIntMethod.kernel} ({reason})"
