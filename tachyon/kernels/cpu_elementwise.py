@@ -95,10 +95,10 @@ def rotary(
 def argmax(x: torch.Tensor) -> torch.Tensor:
     """[rows, n] -> int64 [rows]: the first maximum of each row (a NaN counts as the maximum), as
     torch.argmax(-1) returns it."""
-    if x.stride(-1) != 1:
-        x = x.contiguous()
-    out = torch.empty(x.shape[0], dtype=torch.int64)
+    rows = as_rows(x)
+    out = torch.empty(rows.shape[0], dtype=torch.int64)
     _library().tachyon_argmax(
-        x.data_ptr(), x.stride(0), out.data_ptr(), x.shape[0], x.shape[1], DTYPE_FLAGS[x.dtype], torch.get_num_threads()
-    )
+        rows.data_ptr(), rows.stride(0), out.data_ptr(), rows.shape[0], rows.shape[1], DTYPE_FLAGS[x.dtype],
+        torch.get_num_threads(),
+    )  # fmt: skip
     return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tachyon.kernels import as_rows
 from tachyon.kernels.native import DTYPE_FLAGS, load_native_library
 
 _SOURCE = "cpu_gemm.cpp"
@@ -61,9 +62,7 @@ def linear(x: torch.Tensor, weight: PackedWeight, bias: torch.Tensor | None) -> 
         raise ValueError(
             f"input {x.dtype} with {x.shape[-1]} features; the layer takes {dtype} with {weight.in_features}"
         )
-    rows = x.reshape(-1, x.shape[-1])
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
+    rows = as_rows(x)
     out = torch.empty(*x.shape[:-1], weight.out_features, dtype=dtype)
     bias_ptr = None if bias is None else bias.contiguous().data_ptr()
     _library().tachyon_gemm(
