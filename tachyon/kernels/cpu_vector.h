@@ -5,7 +5,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -53,6 +53,39 @@ static inline void store16(char *p, vfloat v) {
     } else {
         memcpy(p, &v, sizeof v);
     }
+}
+
+// The first n (< 16) floats at p, the other lanes `fill`; and the first n lanes of v stored at p. Masked
+// moves where the CPU has AVX-512: a memcpy of a length known only at run time is a call into libc.
+static inline vfloat load_floats(const float *p, int n, float fill) {
+#if defined(__AVX512F__)
+    return (vfloat)_mm512_mask_loadu_ps(_mm512_set1_ps(fill), (__mmask16)((1u << n) - 1), p);
+#else
+    vfloat v = {};
+    v += fill;
+    memcpy(&v, p, sizeof(float) * n);
+    return v;
+#endif
+}
+
+static inline void store_floats(float *p, vfloat v, int n) {
+#if defined(__AVX512F__)
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+#else
+    memcpy(p, &v, sizeof(float) * n);
+#endif
+}
+
+static inline float horizontal_max(vfloat v) {  // of lanes that hold no NaN
+    auto fold = [&](vint order) {
+        const vfloat w = __builtin_shuffle(v, order);
+        v = w > v ? w : v;
+    };
+    fold((vint){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+    fold((vint){4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3});
+    fold((vint){2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1});
+    fold((vint){1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0});
+    return v[0];
 }
 
 static inline float horizontal_sum(vfloat v) {  // a shuffle tree, not 15 scalar adds
