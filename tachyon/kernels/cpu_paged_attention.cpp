@@ -20,7 +20,6 @@
 #include <stdlib.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <vector>
 
 #include "cpu_vector.h"
@@ -168,24 +167,10 @@ static inline float softmax_weights(float *s, int n, float scale) {
     return 1.f / total;
 }
 
-#if TACHYON_DPBF16
-// The n softmax weights of a score row rounded to bf16 (as a bf16 attention's matmul rounds them) for the
-// dpbf16 value sum, written over the front of the same row: each 16-lane write lands on floats already read.
-// Once per row, where rounding each pair as the value loop reached it cost that loop a third of its work.
-static inline void weights_to_bf16(float *s, int n) {
-    uint16_t *w = (uint16_t *)s;
-    for (int k = 0; k < n; k += 16) {
-        const __mmask16 lanes = n - k < 16 ? (__mmask16)((1u << (n - k)) - 1) : (__mmask16)0xFFFF;
-        _mm256_mask_storeu_epi16(w + k, lanes, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(lanes, s + k)));
-    }
-}
-#endif
-
 // The value sum of one KV head's G query heads over n positions of a block: acc[g] += p[g][j] * V[j].
-// The dpbf16 path keeps acc in an interleaved lane order (see finish_values) and takes the weights as bf16
-// (see weights_to_bf16): p points at uint16 there, `stride` apart.
+// The dpbf16 path keeps acc in an interleaved lane order (see finish_values).
 template <bool BF16, int G, int D>
-static inline void accumulate_values(const void *p, int stride, const char *values, size_t slot_bytes, int n,
+static inline void accumulate_values(const float *p, int stride, const char *values, size_t slot_bytes, int n,
                                      vfloat (*acc)[D / 16], Prefetcher &ahead) {
     constexpr size_t E = BF16 ? 2 : 4;
     constexpr int C = D / 16;
@@ -196,9 +181,16 @@ static inline void accumulate_values(const void *p, int stride, const char *valu
         // two positions at once: lane i of a register holds (V[j][d], V[j+1][d]) and the weights
         // (p[j], p[j+1]); unpacklo/hi interleave within 128-bit lanes, so sum[g][2c] holds dims
         // 32c + 8L + {0..3} and sum[g][2c+1] dims 32c + 8L + {4..7}, for lane group L = 0..3
-        const uint16_t *w16 = (const uint16_t *)p;
-        auto step = [&](int j, auto both) {  // both: std::true_type, or false_type for an odd tail
+        auto pair = [&](int g, int j, bool both) {
+            const __m128 w = _mm_set_ps(0.f, 0.f, both ? p[g * stride + j + 1] : 0.f, p[g * stride + j]);
+            const __m128bh w16 = _mm_cvtneps_pbh(w);
+            uint32_t bits;
+            memcpy(&bits, &w16, sizeof bits);
+            return (__m512bh)_mm512_set1_epi32((int)bits);
+        };
+        for (int j = 0; j < n; j += 2) {
             ahead.lines(4);
+            const bool both = j + 1 < n;  // an odd tail pairs V[j] with itself at weight 0
             const char *v0 = values + j * slot_bytes, *v1 = both ? v0 + slot_bytes : v0;
             __m512bh lo[D / 32], hi[D / 32];
             for (int c = 0; c < D / 32; c++) {
@@ -207,31 +199,23 @@ static inline void accumulate_values(const void *p, int stride, const char *valu
                 hi[c] = (__m512bh)_mm512_unpackhi_epi16(a, b);
             }
             for (int g = 0; g < G; g++) {
-                const uint16_t *wj = w16 + (size_t)g * stride + j;
-                int32_t pair;  // (p[j], p[j+1]); an odd tail pairs V[j] with itself at weight 0
-                if constexpr (both) memcpy(&pair, wj, sizeof pair);
-                else pair = wj[0];
-                const __m512bh w = (__m512bh)_mm512_set1_epi32(pair);
+                const __m512bh w = pair(g, j, both);
                 for (int c = 0; c < D / 32; c++) {
                     sum[g][2 * c] = (vfloat)_mm512_dpbf16_ps((__m512)sum[g][2 * c], w, lo[c]);
                     sum[g][2 * c + 1] = (vfloat)_mm512_dpbf16_ps((__m512)sum[g][2 * c + 1], w, hi[c]);
                 }
             }
-        };
-        int j = 0;
-        for (; j + 1 < n; j += 2) step(j, std::true_type{});
-        if (j < n) step(j, std::false_type{});
+        }
         memcpy(acc, sum, sizeof sum);
         return;
     }
 #endif
-    const float *w = (const float *)p;
     for (int j = 0; j < n; j++) {
         ahead.lines(2);
         vfloat v[C];
         for (int c = 0; c < C; c++) v[c] = load16<BF16>(values + j * slot_bytes + c * 16 * E);
         for (int g = 0; g < G; g++)
-            for (int c = 0; c < C; c++) sum[g][c] += w[g * stride + j] * v[c];
+            for (int c = 0; c < C; c++) sum[g][c] += p[g * stride + j] * v[c];
     }
     memcpy(acc, sum, sizeof sum);
 }
@@ -310,22 +294,10 @@ static void attend_tile(const Args &a, int r0, int num_rows, int h0, int h1, flo
         }
     }
     float inv_sum[TILE_ROWS][8][G];
-    // the value sum's weights: bf16 for dpbf16 (weights_to_bf16), rows `stride` elements apart
-    constexpr bool BF16_WEIGHTS = BF16 && TACHYON_DPBF16;
-    const int stride = BF16_WEIGHTS ? 2 * max_ctx : max_ctx;
     for (int j = 0; j < num_rows; j++)
         for (int h = h0; h < h1; h++)
-            for (int g = 0; g < G; g++) {
-                float *row = head_scores(j, h) + g * max_ctx;
-                inv_sum[j][h - h0][g] = softmax_weights(row, ctx[j], a.scale);
-#if TACHYON_DPBF16
-                if constexpr (BF16) weights_to_bf16(row, ctx[j]);
-#endif
-            }
-    auto weights = [&](int j, int h, int i) -> const void * {
-        if constexpr (BF16_WEIGHTS) return (const uint16_t *)head_scores(j, h) + i * bs;
-        return head_scores(j, h) + i * bs;
-    };
+            for (int g = 0; g < G; g++)
+                inv_sum[j][h - h0][g] = softmax_weights(head_scores(j, h) + g * max_ctx, ctx[j], a.scale);
 
     memset(acc, 0, sizeof(vfloat) * num_rows * heads * G * C);
     for (int i = 0; i < num_blocks; i++) {
@@ -335,8 +307,8 @@ static void attend_tile(const Args &a, int r0, int num_rows, int h0, int h1, flo
             Prefetcher ahead = share(next, h);
             for (int j = 0; j < num_rows; j++)
                 if (rows_in(j, i) > 0)
-                    accumulate_values<BF16, G, D>(weights(j, h, i), stride, values + (size_t)h * D * E, slot_bytes,
-                                                  rows_in(j, i), head_acc(j, h), ahead);
+                    accumulate_values<BF16, G, D>(head_scores(j, h) + i * bs, max_ctx, values + (size_t)h * D * E,
+                                                  slot_bytes, rows_in(j, i), head_acc(j, h), ahead);
             ahead.rest();
         }
     }
