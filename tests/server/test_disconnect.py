@@ -23,7 +23,11 @@ def _wait_idle(base_url: str, timeout: float = 5.0) -> dict[str, float]:
 
 
 def test_closing_32_streams_aborts_them_and_frees_the_cache(base_url):
-    async def open_and_leave(http: httpx.AsyncClient, i: int) -> int:
+    num_clients = 32
+    streaming = 0  # clients that have read two chunks and keep their stream open
+
+    async def open_and_leave(http: httpx.AsyncClient, i: int, all_streaming, leave) -> int:
+        nonlocal streaming
         body = {**LONG, "stream": True, "seed": i}
         async with http.stream("POST", "/v1/completions", json=body) as response:
             assert response.status_code == 200
@@ -31,16 +35,23 @@ def test_closing_32_streams_aborts_them_and_frees_the_cache(base_url):
             async for line in response.aiter_lines():
                 chunks += line.startswith("data: ")
                 if chunks == 2:
+                    streaming += 1
+                    if streaming == num_clients:
+                        all_streaming.set()
+                    await leave.wait()
                     return chunks
         return chunks
 
     async def main() -> list[int]:
+        all_streaming, leave = asyncio.Event(), asyncio.Event()
         async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
-            tasks = [open_and_leave(http, i) for i in range(32)]
-            results = await asyncio.gather(*tasks)
+            tasks = [asyncio.create_task(open_and_leave(http, i, all_streaming, leave)) for i in range(num_clients)]
+            await asyncio.wait_for(all_streaming.wait(), timeout=60)
+            # every stream is open and none can be done (500 tokens): all 32 are in the engine
             busy = scrape(base_url)
-            assert busy["tachyon:num_requests_running"] + busy["tachyon:num_requests_waiting"] > 0
-            return results
+            assert busy["tachyon:num_requests_running"] + busy["tachyon:num_requests_waiting"] == num_clients
+            leave.set()
+            return await asyncio.gather(*tasks)
 
     assert asyncio.run(main()) == [2] * 32
     metrics = _wait_idle(base_url)
