@@ -2,6 +2,7 @@
 
 Workload (issue #2): 64 prompts of 32-256 tokens, 128 output tokens each, ignore_eos, greedy.
 HF runs static batches with left padding, on the same dense weights (a GGUF is converted first).
+Both models stay loaded for all rounds (on a GPU, HF gets what --gpu-memory-utilization leaves).
 Prints output tokens/s for both, the ratio, and how often the two agree on greedy tokens (a rate:
 bf16 is not bit-exact).
 
@@ -21,13 +22,17 @@ import time
 import torch
 
 
-def make_prompts(tokenizer, num: int, min_len: int, max_len: int, seed: int) -> list[list[int]]:
-    """Slices of real English text (the 300 Lee news articles, ≈ 76k tokens) with uniformly drawn token
-    lengths. The text is long enough that two prompts almost never start at the same token, so the prefix
-    cache, which HF does not have, finds nothing to reuse (the run prints its hits)."""
+def prompt_pool(tokenizer) -> list[int]:
+    """Real English text to cut prompts from: the 300 Lee news articles, ≈ 76k tokens. Long enough that two
+    prompts almost never start at the same token, so the prefix cache, which HF does not have, finds
+    nothing to reuse (each round prints its hits)."""
     from tachyon.corpus import read_corpus
 
-    pool = tokenizer.encode("\n\n".join(read_corpus("lee_background")), add_special_tokens=False)
+    return tokenizer.encode("\n\n".join(read_corpus("lee_background")), add_special_tokens=False)
+
+
+def make_prompts(pool: list[int], num: int, min_len: int, max_len: int, seed: int) -> list[list[int]]:
+    """`num` slices of `pool` with uniformly drawn token lengths."""
     rng = random.Random(seed)
     prompts = []
     for _ in range(num):
@@ -131,7 +136,7 @@ def main() -> None:
 
     from tachyon.models.loader import load_model_source
 
-    tokenizer = load_model_source(args.model).tokenizer
+    pool = prompt_pool(load_model_source(args.model).tokenizer)
     llm = load_tachyon(args)
     dtype, device = llm.engine.runner.dtype, llm.engine.runner.device
     hw = (
@@ -152,7 +157,7 @@ def main() -> None:
     for r in range(args.rounds):
         if args.rounds > 1:
             print(f"round {r + 1} of {args.rounds}")
-        prompts = make_prompts(tokenizer, args.num_prompts, args.min_input, args.max_input, args.seed + r)
+        prompts = make_prompts(pool, args.num_prompts, args.min_input, args.max_input, args.seed + r)
         hits = llm.engine.stats().prefix_cache_hits
         ours, t_ours = run_tachyon(llm, prompts, args.output_len)
         hits = llm.engine.stats().prefix_cache_hits - hits

@@ -53,7 +53,7 @@ def test_closing_32_streams_aborts_them_and_frees_the_cache(base_url):
             leave.set()
             return await asyncio.gather(*tasks)
 
-    assert asyncio.run(main()) == [2] * 32
+    assert asyncio.run(main()) == [2] * num_clients
     metrics = _wait_idle(base_url)
     assert metrics["tachyon:num_requests_running"] == 0 and metrics["tachyon:num_requests_waiting"] == 0
     assert metrics["tachyon:kv_cache_usage_perc"] == 0
