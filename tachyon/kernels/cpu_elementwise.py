@@ -55,7 +55,7 @@ def rms_norm(
 
 
 @functools.cache
-def _silu_table() -> torch.Tensor:
+def silu_table() -> torch.Tensor:
     """PyTorch's silu of every bf16 value, indexed by its bits: the bf16 kernel looks silu up here."""
     every_bf16 = torch.arange(1 << 16, dtype=torch.int32).to(torch.uint16).view(torch.bfloat16)
     return torch.nn.functional.silu(every_bf16)
@@ -66,7 +66,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     rows = as_rows(gate_up)
     size = rows.shape[1] // 2
     out = torch.empty(*gate_up.shape[:-1], size, dtype=gate_up.dtype)
-    table = _silu_table().data_ptr() if gate_up.dtype == torch.bfloat16 else None
+    table = silu_table().data_ptr() if gate_up.dtype == torch.bfloat16 else None
     _library().tachyon_silu_and_mul(
         rows.data_ptr(), rows.stride(0), out.data_ptr(), rows.shape[0], size, table, DTYPE_FLAGS[gate_up.dtype],
         torch.get_num_threads(),

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu_amx.h"
 #include "cpu_vector.h"
 
 struct Args {
@@ -321,12 +322,207 @@ static void attend_tile(const Args &a, int r0, int num_rows, int h0, int h1, flo
     }
 }
 
+
+// On CPUs with AMX, bf16 rows run on the tile unit instead: there vdpbf16ps retires one per two cycles,
+// which left decode attention bound by arithmetic rather than by memory. Per KV head, a tile's query rows
+// (up to 16: its rows x the GQA group, row q = j * G + g) go through three steps:
+//
+//   scores:  S^T [16 keys][16 q] = K_block [16 keys][D] . Q^T, Q^T held in D / 32 tiles of (dim pair, q)
+//   softmax: each q's scores (moved out of the tile's columns) as on the vector path, weights rounded to bf16
+//   values:  O [16 q][64 dims] += P [16 q][32 keys] . V [32 keys][64 dims], V re-laid in key pairs
+//
+// A row's output depends only on its own query, scores and weights (the tile unit computes each output
+// element from its own row and column) and sums its keys 32 at a time in order: the same bits in any tile.
+// Weights past a row's context are zero, and value rows past the tile's longest context are zeroed (a
+// cache slot never written may hold NaN), so padding adds exact zeros.
+#if TACHYON_AMX
+namespace amx {
+// A prefetch into L1 that GCC keeps: it deletes loops whose only effect is __builtin_prefetch.
+static inline void prefetch(const char *line) { asm volatile("prefetcht0 %0" : : "m"(*line)); }
+
+// Per-thread scratch, sized for the call's longest context.
+struct Scratch {
+    uint16_t *weights;  // [16][ctx32] bf16 softmax weights, zero past each row's context
+    long ctx32;
+    alignas(64) float tiles[4][16][16];         // scores of two runs; then the output's four tiles
+    alignas(64) uint16_t q_pairs[4][16][32];     // Q^T: [dim chunk][dim pair][q][2]
+    alignas(64) uint16_t v_pairs[2][4][16][32];  // V of two chunks: [16-dim group][key pair][dim][2]
+};
+
+template <int G, int D>
+static void attend_tile(const Args &a, int r0, int num_rows, int h0, int h1, float *scores, Scratch &w) {
+    static_assert(D % 64 == 0 && D <= 128, "tiles take 64-dim halves of a head");
+    constexpr size_t E = 2;
+    const size_t slot_bytes = (size_t)a.num_kv_heads * D * E, block_bytes = a.block_size * slot_bytes;
+    const int bs = a.block_size, nq = num_rows * G;
+    const int32_t *table = a.block_tables + (size_t)a.row_seq[r0] * a.max_blocks;
+    const int32_t *ctx = a.row_ctx + r0;
+    int max_ctx = 0;
+    for (int j = 0; j < num_rows; j++) max_ctx = ctx[j] > max_ctx ? ctx[j] : max_ctx;
+    auto slot = [&](const char *cache, int k) {  // position k's slot; k + i for i < 16 - k % 16 follow it
+        return cache + (size_t)table[k / bs] * block_bytes + (size_t)(k % bs) * slot_bytes;
+    };
+    const vint column = {0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240};
+
+    // What the task reads, in order, in units of 16 positions of one head: per head its keys, then its
+    // values. Unit u + AHEAD is asked for while unit u is worked on: blocks sit anywhere in the pool and a
+    // head's rows are strided, so the hardware prefetcher cannot guess them. (Measured on decode rows: whole
+    // blocks for all the task's heads at once, while the first head works, took 20% longer.)
+    constexpr int AHEAD = 4;
+    const int key_units = (max_ctx + 15) / 16, chunks = (max_ctx + 31) / 32, units = key_units + 2 * chunks;
+    auto fetch = [&](int u) {
+        const int h = h0 + u / units, i = u % units;
+        if (h >= h1) return;
+        const char *cache = i < key_units ? a.k_cache : a.v_cache;
+        const int k0 = (i < key_units ? i : i - key_units) * 16;
+        if (k0 >= max_ctx) return;
+        const char *run = slot(cache, k0) + (size_t)h * D * E;
+        for (int k = 0; k < 16 && k0 + k < max_ctx; k++)
+            for (int line = 0; line < D * (int)E; line += 64) prefetch(run + k * slot_bytes + line);
+    };
+    for (int u = 0; u < AHEAD; u++) fetch(u);
+
+    for (int h = h0; h < h1; h++) {
+        const int first_unit = (h - h0) * units;
+        // Q^T in (dim pair, q) tiles: q_pairs[c][p][q][e] = query q's dim 32c + 2p + e
+        memset(w.q_pairs, 0, sizeof w.q_pairs);
+        for (int j = 0; j < num_rows; j++)
+            for (int g = 0; g < G; g++) {
+                const uint16_t *q = (const uint16_t *)(a.q + ((size_t)a.rows[r0 + j] * a.q_row_stride +
+                                                              (size_t)(h * G + g) * D) * E);
+                for (int d = 0; d < D; d++) w.q_pairs[d / 32][d % 32 / 2][(j * G + g) * 2 + d % 2] = q[d];
+            }
+        _tile_loadd(2, w.q_pairs[0], 64);
+        _tile_loadd(3, w.q_pairs[1], 64);
+        if constexpr (D == 128) {
+            _tile_loadd(4, w.q_pairs[2], 64);
+            _tile_loadd(5, w.q_pairs[3], 64);
+        }
+        // scores, 16 keys at a time (the block size is a multiple of 16: a run of 16 slots is in one block).
+        // Each run's tile is read out one run later: a vector load of what a tile store just wrote stalls
+        // until the store leaves the store buffer, and so does a tile load of vector stores (V pairs below).
+        auto take_scores = [&](int k0) {  // run k0's tile, its columns to the score rows
+            const __mmask16 keep = (__mmask16)((1u << (max_ctx - k0 < 16 ? max_ctx - k0 : 16)) - 1);
+            const float *tile = &w.tiles[k0 / 16 % 2][0][0];
+            for (int q = 0; q < nq; q++)
+                _mm512_mask_storeu_ps(scores + (size_t)q * max_ctx + k0, keep,
+                                      _mm512_mask_i32gather_ps(_mm512_setzero_ps(), keep, (__m512i)(column + q), tile, 4));
+        };
+        for (int k0 = 0; k0 < max_ctx; k0 += 16) {
+            fetch(first_unit + k0 / 16 + AHEAD);
+            const char *keys = slot(a.k_cache, k0) + (size_t)h * D * E;
+            _tile_zero(0);
+            for (int c = 0; c < D / 32; c++) {
+                _tile_loadd(1, keys + c * 64, slot_bytes);
+                switch (c) {  // tile numbers are immediates
+                    case 0: _tile_dpbf16ps(0, 1, 2); break;
+                    case 1: _tile_dpbf16ps(0, 1, 3); break;
+                    case 2: _tile_dpbf16ps(0, 1, 4); break;
+                    default: _tile_dpbf16ps(0, 1, 5); break;
+                }
+            }
+            _tile_stored(0, w.tiles[k0 / 16 % 2], 64);
+            if (k0) take_scores(k0 - 16);
+        }
+        take_scores((max_ctx - 1) / 16 * 16);
+        // softmax per query row, weights to bf16, zero past the row's context (up to the 32-key chunk)
+        float inv_sum[16];
+        for (int j = 0; j < num_rows; j++)
+            for (int g = 0; g < G; g++) {
+                const int q = j * G + g;
+                float *s = scores + (size_t)q * max_ctx;
+                inv_sum[q] = softmax_weights(s, ctx[j], a.scale);
+                uint16_t *p = w.weights + (size_t)q * w.ctx32;
+                int k = 0;
+                for (; k + 16 <= ctx[j]; k += 16) store16<true>((char *)(p + k), load_floats(s + k, 16, 0.f));
+                if (k < ctx[j]) store16<true>((char *)(p + k), load_floats(s + k, ctx[j] - k, 0.f)), k += 16;
+                for (; k < chunks * 32; k += 16) memset(p + k, 0, 32);
+            }
+        // values, a 64-dim half of the head at a time: O[q][d] in tiles 0-3, P in 4, V pairs in 5
+        for (int half = 0; half < D / 64; half++) {
+            for (int t = 0; t < 4; t++) switch (t) {
+                    case 0: _tile_zero(0); break;
+                    case 1: _tile_zero(1); break;
+                    case 2: _tile_zero(2); break;
+                    default: _tile_zero(3); break;
+                }
+            // V rows k, k + 1 interleaved: v_pairs[ch % 2][t][p][d][e] = V[32 ch + 2p + e][64 half + 16 t + d],
+            // multiplied one chunk later
+            const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7,
+                                                38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+            const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+            const size_t dims = ((size_t)h * D + half * 64) * E;  // this half of the head, in a slot
+            auto pair_values = [&](int ch) {
+                const char *run0 = slot(a.v_cache, ch * 32) + dims;  // keys 32 ch .. + 15
+                const char *run1 = ch * 32 + 16 < max_ctx ? slot(a.v_cache, ch * 32 + 16) + dims : run0;
+                uint16_t(*pairs)[16][32] = w.v_pairs[ch % 2];
+                for (int p = 0; p < 16; p++) {
+                    const int k = ch * 32 + 2 * p;
+                    __m512i x[2] = {}, y[2] = {};  // 64 dims of V[k], V[k + 1]; zero past the longest context
+                    if (k < max_ctx) {
+                        const char *v = (p < 8 ? run0 : run1) + (size_t)(2 * p % 16) * slot_bytes;
+                        x[0] = _mm512_loadu_si512(v), x[1] = _mm512_loadu_si512(v + 64);
+                        if (k + 1 < max_ctx)
+                            y[0] = _mm512_loadu_si512(v + slot_bytes), y[1] = _mm512_loadu_si512(v + slot_bytes + 64);
+                    }
+                    _mm512_store_si512(pairs[0][p], _mm512_permutex2var_epi16(x[0], lo, y[0]));
+                    _mm512_store_si512(pairs[1][p], _mm512_permutex2var_epi16(x[0], hi, y[0]));
+                    _mm512_store_si512(pairs[2][p], _mm512_permutex2var_epi16(x[1], lo, y[1]));
+                    _mm512_store_si512(pairs[3][p], _mm512_permutex2var_epi16(x[1], hi, y[1]));
+                }
+            };
+            auto multiply = [&](int ch) {
+                uint16_t(*pairs)[16][32] = w.v_pairs[ch % 2];
+                _tile_loadd(4, w.weights + ch * 32, w.ctx32 * E);
+                _tile_loadd(5, pairs[0], 64);
+                _tile_dpbf16ps(0, 4, 5);
+                _tile_loadd(5, pairs[1], 64);
+                _tile_dpbf16ps(1, 4, 5);
+                _tile_loadd(5, pairs[2], 64);
+                _tile_dpbf16ps(2, 4, 5);
+                _tile_loadd(5, pairs[3], 64);
+                _tile_dpbf16ps(3, 4, 5);
+            };
+            for (int ch = 0; ch < chunks; ch++) {
+                if (half == 0)
+                    fetch(first_unit + key_units + 2 * ch + AHEAD), fetch(first_unit + key_units + 2 * ch + AHEAD + 1);
+                pair_values(ch);
+                if (ch) multiply(ch - 1);
+            }
+            multiply(chunks - 1);
+            _tile_stored(0, w.tiles[0], 64);
+            _tile_stored(1, w.tiles[1], 64);
+            _tile_stored(2, w.tiles[2], 64);
+            _tile_stored(3, w.tiles[3], 64);
+            for (int t = 0; t < 4; t++) {
+                for (int j = 0; j < num_rows; j++)
+                    for (int g = 0; g < G; g++) {
+                        const int q = j * G + g;
+                        char *out = a.out + ((size_t)a.rows[r0 + j] * a.num_kv_heads * G * D + (size_t)(h * G + g) * D +
+                                             half * 64 + t * 16) * E;
+                        vfloat o;
+                        memcpy(&o, w.tiles[t][q], sizeof o);
+                        store16<true>(out, o * inv_sum[q]);
+                    }
+            }
+        }
+    }
+}
+}  // namespace amx
+#endif
+
 // Tasks are (tile, run of KV heads): tiles of up to TILE_ROWS rows and runs of up to 8 heads when there is
 // work enough to keep every thread busy, else smaller ones (a short chunk or a lone decode still spreads
 // over the threads).
 template <bool BF16, int G, int D>
 static void attend_rows(const Args &a, int num_rows, int max_ctx, int num_threads) {
-    const int tile_rows = std::max(1, std::min(TILE_ROWS, num_rows / (4 * num_threads)));
+#if TACHYON_AMX
+    const bool on_amx = BF16 && a.block_size % 16 == 0 && amx::enabled();
+#else
+    const bool on_amx = false;
+#endif
+    const int most_rows = on_amx ? 16 / G : TILE_ROWS;  // a tile's query rows fill at most one AMX tile
+    const int tile_rows = std::max(1, std::min(most_rows, num_rows / (4 * num_threads)));
     std::vector<int> tiles;  // first row of each tile, then num_rows
     for (int r = 0; r < num_rows; r++)
         if (r == 0 || a.row_seq[r] != a.row_seq[r - 1] || r - tiles.back() == tile_rows) tiles.push_back(r);
@@ -342,12 +538,36 @@ static void attend_rows(const Args &a, int num_rows, int max_ctx, int num_thread
     {
         float *scores = (float *)malloc(sizeof(float) * tile_vectors * (max_ctx > 0 ? max_ctx : 1));
         vfloat *acc = (vfloat *)aligned_alloc(sizeof(vfloat), sizeof(vfloat) * tile_vectors * (D / 16));
+#if TACHYON_AMX
+        amx::Scratch *scratch = nullptr;
+        if (on_amx) {
+            scratch = (amx::Scratch *)aligned_alloc(64, sizeof(amx::Scratch));
+            scratch->ctx32 = (max_ctx + 31) / 32 * 32;
+            scratch->weights = (uint16_t *)aligned_alloc(64, 16 * scratch->ctx32 * sizeof(uint16_t) + 64);
+            amx::configure();
+        }
+#endif
 #pragma omp for schedule(dynamic, 1)
         for (long task = 0; task < num_tiles * tasks_per_tile; task++) {
             const long t = task / tasks_per_tile;
             const int h0 = (int)(task % tasks_per_tile) * heads_per_task;
+#if TACHYON_AMX
+            if (on_amx) {
+                if constexpr (BF16)
+                    amx::attend_tile<G, D>(a, tiles[t], tiles[t + 1] - tiles[t], h0, h0 + heads_per_task, scores,
+                                           *scratch);
+                continue;
+            }
+#endif
             attend_tile<BF16, G, D>(a, tiles[t], tiles[t + 1] - tiles[t], h0, h0 + heads_per_task, scores, acc);
         }
+#if TACHYON_AMX
+        if (on_amx) {
+            _tile_release();
+            free(scratch->weights);
+            free(scratch);
+        }
+#endif
         free(scores);
         free(acc);
     }

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from tachyon.distributed.parallel_state import shard_range
-from tachyon.layers.activation import silu_and_mul
 from tachyon.layers.attention.layer import PagedAttention
 from tachyon.layers.attention.metadata import AttentionMetadata
 from tachyon.layers.linear import Linear, finish_loading
@@ -88,7 +87,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = make_linear(quant, prefix, ["down_proj"], size, {"": cfg.hidden_size}, bias, dtype, "row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.gate_up_proj.silu_and_mul(x))
 
 
 class LlamaDecoderLayer(nn.Module):

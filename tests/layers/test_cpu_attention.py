@@ -24,11 +24,17 @@ SHAPES = [
 ]
 
 
-# builds: the one for this machine, and (where it has AVX512_BF16) the portable bf16 path without it
-BUILDS = [(torch.float32, ()), (torch.bfloat16, ()), (torch.bfloat16, ("-mno-avx512bf16",))]
+# builds: the one for this machine (bf16 on AMX tiles where the CPU has them), the vdpbf16ps path without
+# AMX, and (where it has AVX512_BF16) the portable bf16 path without either
+BUILDS = [
+    (torch.float32, ()),
+    (torch.bfloat16, ()),
+    (torch.bfloat16, ("-mno-amx-tile",)),
+    (torch.bfloat16, ("-mno-avx512bf16",)),
+]
 
 
-@pytest.mark.parametrize("dtype,extra_flags", BUILDS, ids=["fp32", "bf16", "bf16-portable"])
+@pytest.mark.parametrize("dtype,extra_flags", BUILDS, ids=["fp32", "bf16", "bf16-no-amx", "bf16-portable"])
 @pytest.mark.parametrize("query_lens,seq_lens,heads,kv_heads,head_dim,block_size", SHAPES)
 def test_cpu_backend_matches_naive_reference(
     query_lens, seq_lens, heads, kv_heads, head_dim, block_size, dtype, extra_flags

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from tachyon.kernels import cpu_gemm
-from tachyon.layers.linear import NATIVE, PREPACKED, Linear, finish_loading
+from tachyon.layers.activation import silu_and_mul
+from tachyon.layers.linear import NATIVE, NATIVE_AMX, PREPACKED, Linear, finish_loading
 from tachyon.layers.vocab_embedding import VocabParallelEmbedding
 
 
@@ -25,7 +26,8 @@ def test_packed_dense_linear_equals_the_plain_matmul(dtype):
         layer.load_shard("bias", bias[s], s)
     finish_loading(layer)
     native = cpu_gemm.supports(dtype)
-    assert layer.method.kernel == (NATIVE if native else PREPACKED) and layer.weight is None  # no second copy
+    expected_kernel = (NATIVE_AMX if cpu_gemm.uses_amx(dtype) else NATIVE) if native else PREPACKED
+    assert layer.method.kernel == expected_kernel and layer.weight is None  # no second copy
     w, b = torch.cat(list(weights.values())), torch.cat(list(bias.values()))
     for rows in (1, 7, 64, 300):
         x = torch.randn(rows, 128, generator=gen).to(dtype)
@@ -35,6 +37,27 @@ def test_packed_dense_linear_equals_the_plain_matmul(dtype):
             torch.testing.assert_close(layer(x), F.linear(x, w, b), atol=0, rtol=2**-7)
         else:  # the native kernel or oneDNN instead of MKL: another summation order
             torch.testing.assert_close(layer(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gate_up_silu_and_mul_is_the_activation_of_the_layer_output(dtype):
+    """However the kernel computes it (fused into the AMX GEMM for bf16 there), a gate/up layer's
+    silu_and_mul is bit for bit silu_and_mul of its output; other layers refuse it."""
+    gen = torch.Generator().manual_seed(3)
+    layer = Linear(64, {"gate": 96, "up": 96}, bias=True, dtype=dtype)
+    for shard in ("gate", "up"):
+        layer.load_shard("weight", torch.randn(96, 64, generator=gen).to(dtype), shard)
+        layer.load_shard("bias", torch.randn(96, generator=gen).to(dtype), shard)
+    finish_loading(layer)
+    assert layer.is_gate_up
+    if dtype == torch.bfloat16 and cpu_gemm.uses_amx(dtype):
+        assert layer.method.packed.silu_and_mul is not None
+    for rows in (1, 17, 64):
+        x = torch.randn(rows, 64, generator=gen).to(dtype)
+        assert torch.equal(layer.silu_and_mul(x), silu_and_mul(layer(x)))
+    qkv = Linear(64, {"q": 64, "k": 32, "v": 32}, dtype=dtype)
+    with pytest.raises(ValueError, match="needs a gate/up layer"):
+        qkv.silu_and_mul(torch.zeros(1, 64, dtype=dtype))
 
 
 @pytest.mark.parametrize("tied", [True, False])
