@@ -60,7 +60,7 @@ def run_tachyon(llm, prompts, output_len: int) -> tuple[list[list[int]], float]:
 
 
 def load_hf(args, dtype: torch.dtype, device: torch.device):
-    """HF transformers on the same dense weights, and its pad id."""
+    """HF transformers on the same dense weights, warmed up as Tachyon is, and its pad id."""
     from transformers import AutoModelForCausalLM
 
     from tachyon.models.convert import convert_gguf
@@ -75,6 +75,8 @@ def load_hf(args, dtype: torch.dtype, device: torch.device):
             folder = convert_gguf(folder, os.path.join(tmp, "model"))
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
     pad = source.tokenizer.pad_token_id if source.tokenizer.pad_token_id is not None else 0
+    with torch.no_grad():  # the warm-up: thread pools, allocator, kernels picked for the first shapes
+        model.generate(input_ids=torch.tensor([[1, 2, 3]], device=device), max_new_tokens=4, pad_token_id=pad)
     return model, pad
 
 
