@@ -59,10 +59,13 @@ def test_weight_only_greedy_agrees_with_hf(checkpoint, scheme):
     assert same / (len(ours) * NEW_TOKENS) >= 0.9, f"{scheme}: greedy token agreement {same / (8 * NEW_TOKENS):.1%}"
 
 
-# FP8 off CUDA runs HF's own arithmetic (fake quantization, dense matmul): equal to float rounding. W8A8
-# multiplies in exact int32 where HF rounds fp32 products, and the flips this causes leave perplexity
-# within about 1% (measured 0.2-1.1%); dropping the activation quantization altogether moves it 3.7%.
-NLL_TOLERANCE = {"W8A8": 0.02, "FP8_DYNAMIC": 1e-4}
+# Both sides round activations to 8 bits, so float-level differences (another GEMM, another attention
+# kernel) flip whole quantization steps; what is left is how far two correct implementations land apart.
+# HF against itself, sdpa vs eager attention, on a 2-vCPU Intel AMX VM: 0.55% apart in W8A8, 0.24% in
+# FP8_DYNAMIC; ours from HF's sdpa run there: 1.25% (W8A8: we multiply in exact int32 where HF rounds fp32
+# products) and 0.19% (FP8: HF's own fake-quantized arithmetic). The EPYC VM measured 0.2-1.1% and
+# < 1e-4. Dropping the activation quantization altogether moves perplexity 3.7%.
+NLL_TOLERANCE = {"W8A8": 0.03, "FP8_DYNAMIC": 0.01}
 
 
 @pytest.mark.parametrize("scheme", ["W8A8", "FP8_DYNAMIC"])
