@@ -349,8 +349,10 @@ struct Scratch {
     alignas(64) uint16_t v_pairs[2][4][16][32];  // V of two chunks: [16-dim group][key pair][dim][2]
 };
 
-template <int G, int D>
-static void attend_tile(const Args &a, int r0, int num_rows, int h0, int h1, float *scores, Scratch &w) {
+// G (query heads per KV head) is a run-time value here: only D shapes the tiles, and one build per group
+// size (and inlining it into each caller) would double the library's compile time.
+template <int D>
+__attribute__((noinline)) static void attend_tile(const Args &a, int G, int r0, int num_rows, int h0, int h1, float *scores, Scratch &w) {
     static_assert(D % 64 == 0 && D <= 128, "tiles take 64-dim halves of a head");
     constexpr size_t E = 2;
     const size_t slot_bytes = (size_t)a.num_kv_heads * D * E, block_bytes = a.block_size * slot_bytes;
@@ -559,8 +561,8 @@ static void attend_rows(const Args &a, int num_rows, int max_ctx, int num_thread
 #if TACHYON_AMX
             if (on_amx) {
                 if constexpr (BF16)
-                    amx::attend_tile<G, D>(a, tiles[t], tiles[t + 1] - tiles[t], h0, h0 + heads_per_task, scores,
-                                           *scratch);
+                    amx::attend_tile<D>(a, G, tiles[t], tiles[t + 1] - tiles[t], h0, h0 + heads_per_task, scores,
+                                        *scratch);
                 continue;
             }
 #endif
