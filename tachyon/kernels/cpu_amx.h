@@ -30,6 +30,9 @@ static inline void configure() {
     _tile_loadconfig(&config);
 }
 
+// A prefetch into L1 that GCC keeps: it deletes loops whose only effect is __builtin_prefetch.
+static inline void prefetch(const char *line) { asm volatile("prefetcht0 %0" : : "m"(*line)); }
+
 }  // namespace amx
 #else
 #define TACHYON_AMX 0

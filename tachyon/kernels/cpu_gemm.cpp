@@ -241,7 +241,7 @@ static void block(const uint16_t *x, long ldx, long nk, const uint16_t *panel, b
         const uint16_t *b = panel + kc * COLS * KC;
         if (fetch_ahead)
             for (int line = 0; line < COLS * KC * 2; line += 64)
-                _mm_prefetch((const char *)(b + AHEAD * COLS * KC) + line, _MM_HINT_T0);
+                prefetch((const char *)(b + AHEAD * COLS * KC) + line);
         _tile_loadd(6, b, 64);
         _tile_loadd(7, b + T * KC, 64);
         _tile_loadd(4, x + kc * KC, ldx * 2);

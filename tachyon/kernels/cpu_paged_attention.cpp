@@ -337,9 +337,6 @@ static void attend_tile(const Args &a, int r0, int num_rows, int h0, int h1, flo
 // cache slot never written may hold NaN), so padding adds exact zeros.
 #if TACHYON_AMX
 namespace amx {
-// A prefetch into L1 that GCC keeps: it deletes loops whose only effect is __builtin_prefetch.
-static inline void prefetch(const char *line) { asm volatile("prefetcht0 %0" : : "m"(*line)); }
-
 // Per-thread scratch, sized for the call's longest context.
 struct Scratch {
     uint16_t *weights;  // [16][ctx32] bf16 softmax weights, zero past each row's context
